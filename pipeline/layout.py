@@ -1,0 +1,53 @@
+"""Where each stage's outputs live, relative to the repository root (dvc.yaml declares the same paths)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+PREPARED = Path("data/prepared/mnist.npz")
+
+EVALUATOR_DIR = Path("outputs/evaluator")
+CLASSIFIER = EVALUATOR_DIR / "classifier.pt"
+REFERENCE = EVALUATOR_DIR / "reference.npz"
+CALIBRATION = Path("outputs/calibration/calibration.json")
+
+TRAIN_DIR = Path("outputs/train")
+GENERATOR = TRAIN_DIR / "generator.pt"
+RUN_INFO = TRAIN_DIR / "mlflow_run.json"
+LOSS_HISTORY = TRAIN_DIR / "losses.csv"
+COLLAPSE_CURVE = TRAIN_DIR / "collapse_curve.csv"
+
+EVALUATE_DIR = Path("outputs/evaluate")
+SAMPLES = EVALUATE_DIR / "samples.npz"
+SAMPLE_GRID = EVALUATE_DIR / "sample_grid.png"
+CLASS_HISTOGRAM = EVALUATE_DIR / "class_histogram.csv"
+
+METRICS_DIR = Path("metrics")
+EVALUATOR_METRICS = METRICS_DIR / "evaluator.json"
+TRAIN_METRICS = METRICS_DIR / "train.json"
+EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+
+REPORTS_DIR = Path("reports")
+CHECKPOINTS_DIR = Path(".ganpipe/checkpoints")  # outside DVC's outputs, see stages/train.py
+
+
+def repo_root(cwd: Path | None = None) -> Path:
+    """The real repository root: $DVC_ROOT inside a DVC stage (also for queued and --temp runs, whose
+    working directory is a temporary copy), else git's top level, else the working directory."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return Path(top).resolve()
+    except (OSError, subprocess.CalledProcessError):
+        return (cwd or Path.cwd()).resolve()
+EVALUATION = EVALUATE_DIR / "evaluation.json"

@@ -1,0 +1,51 @@
+"""Metrics from the evaluator's class predictions: which digits the samples show, and how clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+N_CLASSES = 10
+
+
+def histogram(predicted: np.ndarray) -> np.ndarray:
+    """Share of samples predicted as each digit, (10,) summing to 1."""
+    counts = np.bincount(predicted, minlength=N_CLASSES).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def share_ratios(hist: np.ndarray, real_hist: np.ndarray) -> np.ndarray:
+    """Each digit's share of the samples divided by its share of real MNIST (1.0 = as in MNIST)."""
+    return hist / real_hist
+
+
+def class_coverage(hist: np.ndarray, real_hist: np.ndarray, min_share_ratio: float) -> int:
+    """How many digits hold a real share: at least `min_share_ratio` of their share in MNIST."""
+    return int((share_ratios(hist, real_hist) >= min_share_ratio).sum())
+
+
+def class_kl(hist: np.ndarray, real_hist: np.ndarray) -> float:
+    """KL(samples || real) of the digit histograms, in nats. 0 = MNIST's proportions; always finite
+    because every digit has a real share; one digit only = about ln 10 = 2.3."""
+    present = hist > 0
+    return float(np.sum(hist[present] * np.log(hist[present] / real_hist[present])))
+
+
+def mnist_score(probs: np.ndarray) -> float:
+    """The Inception Score with the MNIST evaluator: exp E[KL(p(y|x) || p(y))], between 1 and 10.
+    High when each sample is a confident digit and the digits are varied."""
+    if len(probs) == 0:
+        return float("nan")
+    p = probs.astype(np.float64)
+    marginal = p.mean(0, keepdims=True)
+    kl = np.sum(p * (np.log(p + 1e-12) - np.log(marginal + 1e-12)), axis=1)
+    return float(np.exp(kl.mean()))
+
+
+def mean_confidence(probs: np.ndarray) -> float:
+    """Mean top-class probability: how much samples look like some digit (real MNIST: about 0.99)."""
+    return float(probs.max(1).mean()) if len(probs) else float("nan")
+
+
+def label_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
+    """Share of conditional samples that the evaluator reads as the digit they were asked to be."""
+    return float((predicted == requested).mean())

@@ -1,0 +1,67 @@
+"""Distribution distances in evaluator feature space: FLD (FID with an MNIST network) and KID."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import linalg
+
+
+def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a feature matrix (N, d), in float64."""
+    f = features.astype(np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^1/2) between two Gaussians."""
+    with warnings.catch_warnings():
+        # Small or collapsed sample sets have singular covariances; handled just below.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov1 @ cov2)
+    if not np.isfinite(covmean).all():
+        # A near-singular product (e.g. a collapsed sample set): regularise both covariances slightly.
+        eps = 1e-6 * np.eye(len(cov1))
+        covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
+    covmean = covmean.real
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean), 0.0))
+
+
+def fld(features: np.ndarray, real_mu: np.ndarray, real_cov: np.ndarray) -> float:
+    """Fréchet distance of the samples' feature Gaussian to the real data's. 0 = identical fits."""
+    mu, cov = gaussian(features)
+    return frechet_distance(mu, cov, real_mu, real_cov)
+
+
+def _poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    k_xx = (x @ x.T / d + 1.0) ** 3
+    k_yy = (y @ y.T / d + 1.0) ** 3
+    k_xy = (x @ y.T / d + 1.0) ** 3
+    m, n = len(x), len(y)
+    return float(
+        (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+        + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+        - 2.0 * k_xy.mean()
+    )
+
+
+def kid(
+    features: np.ndarray, real_features: np.ndarray, *, subsets: int, subset_size: int, seed: int
+) -> float:
+    """Kernel Inception Distance: the unbiased MMD^2 with the cubic polynomial kernel, averaged over
+    random subsets. Unbiased, so real-vs-real is ~0 (it can be slightly negative)."""
+    rng = np.random.default_rng(seed)
+    size = min(subset_size, len(features), len(real_features))
+    if size < 2:
+        return float("nan")
+    x_all, y_all = features.astype(np.float64), real_features.astype(np.float64)
+    values = [
+        _poly_mmd2_unbiased(
+            x_all[rng.choice(len(x_all), size, replace=False)], y_all[rng.choice(len(y_all), size, replace=False)]
+        )
+        for _ in range(subsets)
+    ]
+    return float(np.mean(values))

@@ -1,0 +1,73 @@
+"""GAN objectives: the losses each variant optimises, and WGAN's weight clipping.
+
+Each objective takes the discriminator's outputs on real and generated batches. Which output the
+discriminator produces (a probability, a logit or an unbounded critic score) is part of the objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+# --- minimax, exactly as the seed post writes it: logs of sigmoid outputs -------------------------
+def minimax_d_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """-E[log D(x)] - E[log(1 - D(G(z)))], with D already a probability. Not guarded against log(0)."""
+    return -torch.mean(torch.log(d_real) + torch.log(1.0 - d_fake))
+
+
+def minimax_g_loss(d_fake: Tensor) -> Tensor:
+    """-E[log D(G(z))]: the post's generator loss (the non-saturating form of the minimax game)."""
+    return -torch.mean(torch.log(d_fake))
+
+
+# --- the post's closing tip: the same game computed from logits, numerically stable ---------------
+def bce_logits_d_loss(real_logit: Tensor, fake_logit: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(
+        real_logit, torch.ones_like(real_logit)
+    ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+
+
+def bce_logits_g_loss(fake_logit: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+
+
+# --- WGAN change 1: no logs, no sigmoid: the critic estimates the Wasserstein distance -------------
+def wasserstein_critic_loss(critic_real: Tensor, critic_fake: Tensor) -> Tensor:
+    """mean(D(fake)) - mean(D(real)); its negation is the critic's Wasserstein estimate."""
+    return critic_fake.mean() - critic_real.mean()
+
+
+def wasserstein_g_loss(critic_fake: Tensor) -> Tensor:
+    return -critic_fake.mean()
+
+
+# --- WGAN change 2: clip every critic weight to [-c, c] after each critic update ------------------
+@torch.no_grad()
+def clip_weights_(params: Sequence[Tensor], c: float) -> None:
+    """Clamp all tensors in place with two multi-tensor (foreach) kernels instead of a Python loop."""
+    torch._foreach_clamp_min_(list(params), -c)
+    torch._foreach_clamp_max_(list(params), c)
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    sigmoid_output: bool  # does D end in a sigmoid?
+    d_loss: Callable[[Tensor, Tensor], Tensor]
+    g_loss: Callable[[Tensor], Tensor]
+    reports_wasserstein: bool = False  # -d_loss is a W-distance estimate worth reporting
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "minimax": Objective("minimax", True, minimax_d_loss, minimax_g_loss),
+    "bce_logits": Objective("bce_logits", False, bce_logits_d_loss, bce_logits_g_loss),
+    "wasserstein": Objective(
+        "wasserstein", False, wasserstein_critic_loss, wasserstein_g_loss, reports_wasserstein=True
+    ),
+}

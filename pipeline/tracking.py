@@ -1,0 +1,173 @@
+"""MLflow tracking: where the store is, one run per trained model, and what goes into it.
+
+The store is `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo root>/mlflow.db` with artifacts in
+`<repo root>/mlartifacts`. The repo root is `$DVC_ROOT` inside a DVC stage, which points at the real
+repository even for queued and `--temp` experiments (their working copy is deleted afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlparse
+
+from pipeline.errors import GanpipeError
+
+EXPERIMENT = "ganpipe"
+T = TypeVar("T")
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+
+
+def artifact_root(root: Path) -> str:
+    return (Path(root).resolve() / "mlartifacts").as_uri()
+
+
+def _fix_hint() -> str:
+    return (
+        "Unset MLFLOW_TRACKING_URI to use the repository's sqlite store (mlflow.db at the repo root), or "
+        "set it to a reachable server, e.g. http://127.0.0.1:5000 after `mlflow server --port 5000`."
+    )
+
+
+def check_store(uri: str, timeout: float = 5.0) -> None:
+    """Fail early, before training, when the tracking store is malformed or unreachable."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise GanpipeError(f"MLFLOW_TRACKING_URI={uri!r} has no host name. {_fix_hint()}")
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise GanpipeError(f"the MLflow server at {uri} is unreachable ({reason}). {_fix_hint()}") from None
+    elif scheme == "sqlite":
+        db = parsed.path if parsed.netloc == "" else None
+        if not db or db == "/":
+            raise GanpipeError(f"MLFLOW_TRACKING_URI={uri!r} names no database file. {_fix_hint()}")
+        folder = Path(db).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise GanpipeError(f"the MLflow database folder {folder} does not exist or is not writable. {_fix_hint()}")
+    elif scheme in ("file", "") and uri:
+        folder = Path(parsed.path if scheme == "file" else uri)
+        if not folder.parent.is_dir():
+            raise GanpipeError(f"the MLflow store folder {folder.parent} does not exist. {_fix_hint()}")
+    elif scheme not in ("postgresql", "mysql", "mssql", "databricks"):
+        raise GanpipeError(f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI MLflow understands. {_fix_hint()}")
+
+
+def retry_locked(fn: Callable[[], T], attempts: int = 8, first_wait: float = 0.25) -> T:
+    """Retry an MLflow call that hit sqlite's "database is locked" (parallel queued experiments)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # MLflow wraps the sqlite error in its own exception types
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(first_wait * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def connect(root: Path) -> str:
+    """Point MLflow at the store and make sure the ganpipe experiment exists; return its id."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+
+    def get_or_create() -> str:
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        if exp is not None:
+            return exp.experiment_id
+        location = None if uri.startswith(("http://", "https://")) else artifact_root(root)
+        try:
+            return client.create_experiment(EXPERIMENT, artifact_location=location)
+        except Exception:  # another process created it in between
+            exp = client.get_experiment_by_name(EXPERIMENT)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    return retry_locked(get_or_create)
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def run_identity(model: str, seed: int, cwd: Path | None = None) -> tuple[str, dict[str, str]]:
+    """The run's name and tags: DVC experiment, baseline, git commit, model and seed."""
+    cwd = cwd or Path.cwd()
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "") or _git(["rev-parse", "HEAD"], cwd)
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    tags = {
+        "model": model,
+        "seed": str(seed),
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "dvc_exp_name": exp_name or "workspace",
+        "dvc_baseline_rev": baseline,
+    }
+    return f"{exp_name or 'workspace'}-{model}-s{seed}", tags
+
+
+def log_params_flat(flat: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
+
+
+class MetricBuffer:
+    """Collect step metrics and write them in batches: one store transaction per flush, not per value."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._pending: list = []
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in values.items()]
+
+    def flush(self) -> None:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        while self._pending:
+            chunk, self._pending = self._pending[:1000], self._pending[1000:]
+            retry_locked(lambda: client.log_batch(self.run_id, metrics=chunk))
+
+
+def reopen_run(root: Path, run_id: str, model: str, seed: int):
+    """Re-enter the training run so evaluation and reporting add to it (one run per trained model).
+
+    If the store no longer holds it (a new mlflow.db, or a generator restored from DVC's cache that
+    was trained against another store), a fresh run with the same identity is started instead.
+    """
+    import mlflow
+
+    experiment_id = connect(root)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_run(run_id)
+        return retry_locked(lambda: mlflow.start_run(run_id=run_id))
+    except mlflow.exceptions.MlflowException:
+        name, tags = run_identity(model, seed)
+        tags["ganpipe.training_run_missing"] = run_id
+        return retry_locked(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags))

@@ -1,0 +1,25 @@
+"""DVC stage: measure real subsets of the evaluation size to calibrate the collapse verdict."""
+
+from pipeline import atomic, layout, reference
+from pipeline.calibration import calibrate
+from pipeline.console import progress_bar, run_main
+from pipeline.mnist import load_prepared
+from pipeline.params import load_params
+
+
+def main() -> None:
+    params = load_params()
+    ref = reference.load(layout.REFERENCE)
+    data = load_prepared(layout.PREPARED)
+    with progress_bar() as bar:
+        task = bar.add_task("calibrate on real subsets", total=params.evaluate.calibration_subsets)
+        result = calibrate(
+            ref, data.x_train, params.evaluate, params.evaluator.seed,
+            on_subset=lambda done: bar.update(task, completed=done),
+        )
+    atomic.write_json(layout.CALIBRATION, result)
+    print(f"{layout.CALIBRATION}: thresholds {result['thresholds']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,40 @@
+"""DVC stage: train the variant named by `model`, tracked in MLflow, resumable after interruption."""
+
+from pipeline import atomic, evaluator, layout, reference, tables
+from pipeline.console import progress_bar, run_main
+from pipeline.mnist import load_prepared
+from pipeline.params import load_params
+from pipeline.training_run import checkpoint_path, finish_run, train_tracked
+from pipeline.variants import save_generator
+
+
+def main() -> None:
+    params = load_params()
+    root = layout.repo_root()
+    data = load_prepared(layout.PREPARED)
+    classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
+    with progress_bar() as bar:
+        task = bar.add_task(f"train {params.model}", total=params.variant.iterations)
+        result = train_tracked(
+            params, root, data, classifier, ref, progress=lambda done, total: bar.update(task, completed=done)
+        )
+    save_generator(layout.GENERATOR, result.generator, params.variant)
+    tables.write_csv(layout.LOSS_HISTORY, result.losses)
+    tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
+    atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id})
+    atomic.write_json(
+        layout.TRAIN_METRICS,
+        {
+            **{k: round(v, 6) for k, v in result.final_losses.items()},
+            "iterations": params.variant.iterations,
+            "train_seconds": round(result.seconds, 2),
+            "device": result.device,
+        },
+    )
+    finish_run(result, params.variant.iterations)
+    checkpoint_path(params, root).unlink(missing_ok=True)  # finished: nothing left to resume
+    print(f"trained {params.model} on {result.device} in {result.seconds:.1f} s; MLflow run {result.run_id}")
+
+
+if __name__ == "__main__":
+    run_main(main)
