@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.errors import GanpipeError
-from pipeline.evaluation import measure, prdc_real_subset
+from pipeline.evaluation import measure, prdc_real_subset, prdc_reference
 from pipeline.evaluator import Embedding
 from pipeline.metrics import duplicates
 from pipeline.params import EvaluateParams
@@ -51,6 +51,7 @@ def calibrate(
     nearest = np.concatenate([duplicates.nearest_distances(ref.train_features[s]) for s in subsets])
     duplicate_distance = float(np.quantile(nearest, settings.duplicate_quantile))
     per_metric: dict[str, list[float]] = {k: [] for k in CALIBRATED}
+    prdc_real = prdc_reference(ref, settings, seed)
     for i, s in enumerate(subsets):
         emb = Embedding(ref.train_features[s], ref.train_probs[s])
         pixels = train_pixels[s].reshape(len(s), -1).astype(np.float32) / 255.0
@@ -60,6 +61,7 @@ def calibrate(
             share_ratio_threshold=settings.verdict.min_share_ratio,
             seed=seed,
             with_memorisation=False,  # real subsets are training images: distance to train is 0
+            prdc_real=prdc_real,
         )
         m["min_share_ratio"] = min(m["class_share_ratios"])
         for k in CALIBRATED:

@@ -10,6 +10,7 @@ import typer
 
 from pipeline.console import report_error, stderr
 from pipeline.errors import GanpipeError
+from pipeline.tracking import EXPERIMENT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -110,6 +111,36 @@ def sample(
         cols = min(n, 10)
         save_png(out, sampling.tile(images, math.ceil(n / cols), cols))
     typer.echo(f"wrote {n} samples to {out}")
+
+
+def _split(values: Optional[list[str]]) -> list[str]:
+    """Repeated options and comma-separated lists both work: --models wgan,cgan or --models wgan --models cgan."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def compare(
+    runs: Optional[list[str]] = typer.Option(
+        None, "--runs", help="MLflow run ids to compare (default: the latest finished run of each model and seed)."
+    ),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Only these models, e.g. --models vanilla,wgan."),
+    experiment: str = typer.Option(EXPERIMENT, "--experiment", help="The MLflow experiment to read."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out-dir", help="Where comparison.html/.md go (default: reports/ at the repository root)."
+    ),
+) -> None:
+    """Compare runs from the MLflow store: metrics table, sample grids, training curves, verdicts."""
+    from pipeline import layout
+    from pipeline.reports.compare import compare as write_comparison
+
+    root = _root()
+    try:
+        with stderr.status("reading runs from the MLflow store"):
+            out = out_dir or root / layout.REPORTS_DIR
+            written = write_comparison(root, out, experiment, _split(runs), _split(models))
+    except GanpipeError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {written[0]} and {written[1]}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

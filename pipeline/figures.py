@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import atomic
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DPI = 100  # figure sizes are given in inches; at 100 dpi an 8-inch chart is 800 px wide
 
-def png_bytes(image: np.ndarray, scale: int = 2) -> bytes:
-    """A grey uint8 image (H, W) as PNG bytes, each pixel enlarged scale x scale for legibility."""
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (stages run headless, often with no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def png_bytes(image: np.ndarray, scale: int = 2) -> bytes:
+    """A grey uint8 image (H, W) as PNG bytes, each pixel enlarged scale x scale for legibility."""
+    plt = pyplot()
     big = np.kron(image, np.ones((scale, scale), dtype=np.uint8)) if scale > 1 else image
     buf = io.BytesIO()
     plt.imsave(buf, big, cmap="gray", vmin=0, vmax=255, format="png")
@@ -25,3 +36,27 @@ def png_bytes(image: np.ndarray, scale: int = 2) -> bytes:
 
 def save_png(path: Path, image: np.ndarray, scale: int = 2) -> None:
     atomic.write_bytes(path, png_bytes(image, scale))
+
+
+def figure_png(fig) -> bytes:
+    """Render a matplotlib figure to PNG bytes and free it (pyplot keeps every open figure alive)."""
+    plt = pyplot()
+    buf = io.BytesIO()
+    try:
+        # No metadata: the PNG then depends only on the data, so an unchanged report is byte-identical.
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, which the format requires to come first."""
+    if png[:8] != PNG_SIGNATURE or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -15,15 +15,22 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
-# --- minimax, exactly as the seed post writes it: logs of sigmoid outputs -------------------------
+# --- minimax, as the seed writes it: logs of the discriminator's sigmoid probabilities ------------
+# F.binary_cross_entropy is the seed's PyTorch form: -[y log p + (1 - y) log(1 - p)] on probabilities.
+# PyTorch clamps each log at -100, so a saturated discriminator (p rounding to exactly 0 or 1 in
+# float32) gives a large finite loss and a vanishing gradient instead of NaN. Taken literally
+# (torch.log without the clamp), this preset reached NaN at generator iteration 8,600 of the default
+# run on CPU, which is the instability the post's closing tip (BCE-with-logits) avoids.
 def minimax_d_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
-    """-E[log D(x)] - E[log(1 - D(G(z)))], with D already a probability. Not guarded against log(0)."""
-    return -torch.mean(torch.log(d_real) + torch.log(1.0 - d_fake))
+    """-E[log D(x)] - E[log(1 - D(G(z)))], with D already a probability."""
+    return F.binary_cross_entropy(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy(
+        d_fake, torch.zeros_like(d_fake)
+    )
 
 
 def minimax_g_loss(d_fake: Tensor) -> Tensor:
     """-E[log D(G(z))]: the post's generator loss (the non-saturating form of the minimax game)."""
-    return -torch.mean(torch.log(d_fake))
+    return F.binary_cross_entropy(d_fake, torch.ones_like(d_fake))
 
 
 # --- the post's closing tip: the same game computed from logits, numerically stable ---------------

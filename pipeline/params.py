@@ -1,29 +1,45 @@
 """The typed schema of params.yaml, and the one function that loads and validates it.
 
 Every stage and CLI command calls `load_params` before doing any work, so a typo in params.yaml (or in
-`dvc exp run -S ...`) is refused within seconds with the key path and the accepted values.
+`dvc exp run -S ...`) is refused within seconds with the key path and the accepted values. Every problem
+in the file is reported at once, in one paragraph, so one edit fixes them all.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
+from pipeline import params_errors
 from pipeline.errors import GanpipeError
 
-PositiveInt = Annotated[int, Field(ge=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+def _not_a_bool(value: Any) -> Any:
+    # YAML reads `yes`/`true` as a boolean; pydantic would quietly turn it into 1. A count or a rate
+    # written as a boolean is a mistake, so it is refused like any other wrong type.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_for_number", "a boolean is not a number")
+    return value
+
+
+_NUMBER = BeforeValidator(_not_a_bool)
+PositiveInt = Annotated[int, _NUMBER, Field(ge=1)]
+NonNegativeInt = Annotated[int, _NUMBER, Field(ge=0)]
+PositiveFloat = Annotated[float, _NUMBER, Field(gt=0)]
+NonNegativeFloat = Annotated[float, _NUMBER, Field(ge=0)]
+Fraction = Annotated[float, _NUMBER, Field(gt=0, lt=1)]
+Beta = Annotated[float, _NUMBER, Field(ge=0, lt=1)]
 
 
 class Strict(BaseModel):
     # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting, and no
     # field has a default: every value comes from params.yaml, so nothing result-changing hides here.
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # Infinite and NaN numbers (YAML's .inf / .nan) are refused: no knob here means anything with them.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
 class VariantParams(Strict):
@@ -37,23 +53,28 @@ class VariantParams(Strict):
     iterations: PositiveInt
     optimizer: Literal["adam", "rmsprop"]
     lr: PositiveFloat
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
+    betas: Annotated[
+        tuple[Beta, Beta],
+        Field(description="a list of two numbers (beta1 and beta2), each >= 0 and < 1, e.g. [0.9, 0.999]"),
+    ]
     n_critic: PositiveInt
     clip: PositiveFloat | None
 
-    @model_validator(mode="after")
-    def _wasserstein_needs_a_lipschitz_constraint(self) -> "VariantParams":
-        if self.objective == "wasserstein" and self.clip is None:
+    @field_validator("clip")
+    @classmethod
+    def _wasserstein_needs_a_lipschitz_constraint(cls, clip: float | None, info: ValidationInfo) -> float | None:
+        if clip is None and info.data.get("objective") == "wasserstein":
             raise ValueError(
-                "a wasserstein critic needs weight clipping: set clip (the seed uses 0.01)"
+                "a wasserstein critic needs weight clipping, so clip must be a number > 0 (the WGAN paper "
+                "uses 0.01)"
             )
-        return self
+        return clip
 
 
 class DownloadParams(Strict):
     timeout_s: PositiveFloat
     retries: PositiveInt
-    backoff_s: Annotated[float, Field(ge=0)]
+    backoff_s: NonNegativeFloat
 
 
 class EvaluatorParams(Strict):
@@ -65,11 +86,11 @@ class EvaluatorParams(Strict):
     train_subset: PositiveInt | None
     ndb_bins: PositiveInt
     kmeans_fit_size: PositiveInt
-    seed: Annotated[int, Field(ge=0)]
+    seed: NonNegativeInt
 
 
 class TrainParams(Strict):
-    device: str
+    device: Annotated[str, Field(description="auto, cpu, cuda or cuda:N (e.g. cuda:0)")]
     log_every: PositiveInt
     checkpoint_every: PositiveInt
     sample_every: PositiveInt
@@ -77,16 +98,23 @@ class TrainParams(Strict):
     eval_samples: PositiveInt
     compile: bool
 
-    @model_validator(mode="after")
-    def _intervals_align_with_loss_readings(self) -> "TrainParams":
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        index = device.removeprefix("cuda:")
+        if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and index.isdigit()):
+            raise ValueError("the device must be auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+        return device
+
+    @field_validator("checkpoint_every", "sample_every", "eval_every")
+    @classmethod
+    def _aligned_with_loss_readings(cls, every: int, info: ValidationInfo) -> int:
         # Divergence is detected when losses are read, so a checkpoint is only known to be good on a
         # log boundary; the other intervals align too so their readings coincide with a sync point.
-        for name in ("checkpoint_every", "sample_every", "eval_every"):
-            if getattr(self, name) % self.log_every:
-                raise ValueError(f"{name} must be a multiple of log_every ({self.log_every})")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError("device must be auto, cpu, cuda or cuda:N")
-        return self
+        log_every = info.data.get("log_every")
+        if log_every and every % log_every:
+            raise ValueError(f"it must be a multiple of train.log_every ({log_every})")
+        return every
 
 
 class VerdictParams(Strict):
@@ -120,74 +148,78 @@ class ReportParams(Strict):
 
 
 class Params(Strict):
-    model: str
-    seed: Annotated[int, Field(ge=0)]
+    model: Annotated[str, Field(description="the name of one of the presets under `variants`")]
+    seed: NonNegativeInt
     download: DownloadParams
     evaluator: EvaluatorParams
     train: TrainParams
     evaluate: EvaluateParams
     report: ReportParams
-    variants: dict[str, VariantParams]
+    variants: Annotated[
+        dict[str, VariantParams],
+        Field(description="a mapping of preset names (e.g. vanilla, wgan) to variant settings"),
+    ]
 
     @property
     def variant(self) -> VariantParams:
         return self.variants[self.model]
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f' Did you mean "{close[0]}"?' if close else ""
-
-
-def _fields_at(loc: tuple) -> list[str]:
-    """The accepted keys at the location of an unknown key, for "did you mean"."""
-    model: Any = Params
-    for part in loc[:-1]:
-        if model is Params and part == "variants":
-            model = "variants"
-            continue
-        if model == "variants":
-            model = VariantParams
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
-        if field is None or not isinstance(field.annotation, type):
-            return []
-        model = field.annotation
-    return list(model.model_fields) if isinstance(model, type) else []
-
-
-def _describe(err: dict) -> str:
-    loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc)
-    if err["type"] == "extra_forbidden":
-        choices = _fields_at(loc)
-        return f"unknown key `{path}`.{_suggest(str(loc[-1]), choices)} Accepted keys here: {', '.join(choices)}."
-    if err["type"] == "missing":
-        return f"`{path}` is required but missing."
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"`{path}`: {msg} (got {err.get('input')!r})."
+# ---------------------------------------------------------------------------------------------------
+# Turning pydantic's errors into one paragraph a user can act on.
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate an already-loaded params mapping; raise GanpipeError listing every problem."""
     if not isinstance(raw, dict):
-        raise GanpipeError(f"{source} must hold a mapping of keys to values; fix the file's top level.")
+        what = "is empty" if raw is None else f"holds {type(raw).__name__} {params_errors.show(raw)}"
+        raise GanpipeError(
+            f"{source} {what}, but it must hold a mapping of keys to values (model, seed, download, "
+            "evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
+            "or fix its top level."
+        )
+    problems: list[str] = []
+    params = None
+    model_problem = params_errors.model_problem(Params, raw)
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = params_errors.problems(Params, exc, raw, model_checked=model_problem is not None)
+    if model_problem:
+        problems.insert(0, model_problem)
+    if problems:
+        count = "a problem" if len(problems) == 1 else f"{len(problems)} problems"
+        listed = problems[0] if len(problems) == 1 else " ".join(f"({i}) {p};" for i, p in enumerate(problems, 1))
         raise GanpipeError(
-            f"{source} is invalid: {problems} Fix the value in {source} (or the `-S key=value` you "
-            "passed to `dvc exp run`) and run again."
-        ) from None
-    if params.model not in params.variants:
-        valid = ", ".join(sorted(params.variants))
-        raise GanpipeError(
-            f'{source}: unknown model "{params.model}".{_suggest(params.model, list(params.variants))} '
-            f"Valid models are the presets under `variants`: {valid}. Use e.g. `dvc exp run -S model=wgan`, "
-            "or add a new preset under `variants`."
+            f"{source} has {count}: {listed.rstrip(';')}. Nothing was run. Fix {source} (or the `-S key=value` "
+            "you passed to `dvc exp run`) and run again."
         )
+    assert params is not None
     return params
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"the key `{key}` appears twice in the same mapping (first on line {seen[key].line + 1}); "
+                "only one of the two values would be used, so delete the other",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -199,9 +231,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             "live), or pass the path to your params file."
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise GanpipeError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
     except yaml.YAMLError as exc:
-        raise GanpipeError(f"{path} is not valid YAML ({exc}). Fix the syntax and run again.") from None
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(str(problem).split())
+        raise GanpipeError(
+            f"{path} is not valid YAML{where}: {problem}. Fix the syntax there (or restore the file with "
+            "`git checkout params.yaml`) and run again."
+        ) from None
     return parse_params(raw, source=str(path))
 
 

@@ -2,12 +2,16 @@
 
 Accepted: an .npz with `images` shaped (N, 28, 28), (N, 1, 28, 28) or (N, 784), either uint8 in
 [0, 255] or float in [0, 1], and optionally `labels` (N,) with the digit each sample was asked to be.
-Anything else is refused with a message naming the problem and the expected form.
+Every accepted form loads to the same array: float32 (N, 28, 28) in [0, 1]. uint8 is divided by 255,
+which gives, for all 256 values, the very float32 numbers the evaluator computes from uint8 itself, so
+the metrics do not depend on the form a file was saved in. Anything else is refused, before anything heavy is
+loaded, with a one-paragraph message naming the problem and the expected form.
 """
 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,11 @@ EXPECTED = (
     "or float in [0, 1], and optionally `labels` (N,) of digits 0-9; e.g. "
     "np.savez('samples.npz', images=images, labels=labels)."
 )
+SHAPES = ((28, 28), (1, 28, 28), (784,))
+_ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_NPY_MAGIC = b"\x93NUMPY"
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
 
 def _bad(path: Path, problem: str) -> GanpipeError:
@@ -26,57 +35,141 @@ def _bad(path: Path, problem: str) -> GanpipeError:
 
 
 def load(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images as (N, 28, 28) uint8 or float32 in [0, 1], and labels (N,) int64 or None."""
+    """Images as (N, 28, 28) float32 in [0, 1], and labels (N,) int64 or None."""
     path = Path(path)
+    if path.is_dir():
+        raise GanpipeError(f"{path} is a directory. Pass the path of an .npz sample file. {EXPECTED}")
     if not path.is_file():
         raise GanpipeError(f"{path} does not exist. Pass the path of an .npz sample file. {EXPECTED}")
+    _check_container(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise _bad(path, f"not a readable .npz file ({type(exc).__name__})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _bad(path, "holds a single array (.npy), not an .npz archive")
+    except _READ_ERRORS as exc:
+        raise _bad(
+            path, f"is a damaged or incomplete .npz archive that cannot be opened ({_reason(exc)}); write it again"
+        ) from None
     with archive:
         if "images" not in archive.files:
-            raise _bad(path, f"has no `images` array (it holds: {', '.join(archive.files) or 'nothing'})")
+            held = ", ".join(f"`{k}`" for k in archive.files) or "no arrays at all"
+            raise _bad(path, f"has no `images` array (it holds {held})")
+        images = _read_member(path, archive, "images")
+        labels = _read_member(path, archive, "labels") if "labels" in archive.files else None
+    images = _check_images(path, images)
+    return images, _check_labels(path, labels, len(images))
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_container(path: Path) -> None:
+    """Refuse anything that is not a zip archive (which is what an .npz is) by its first bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        raise _bad(path, "is an empty file (0 bytes), not an .npz archive; was it written completely?")
+    if head.startswith(_NPY_MAGIC):
+        raise _bad(
+            path,
+            "is a single .npy array, not an .npz archive with named arrays; save it with "
+            "np.savez(path, images=array) instead of np.save",
+        )
+    if head.startswith(_EMPTY_ZIP_MAGIC):
+        raise _bad(path, "is an empty .npz archive with no arrays in it")
+    if not head.startswith(_ZIP_MAGIC):
         try:
-            images = archive["images"]
-            labels = archive["labels"] if "labels" in archive.files else None
-        except ValueError as exc:  # object arrays need pickle, which is refused for safety
-            raise _bad(path, f"holds an array that cannot be read safely ({exc})") from None
-    return _check_images(path, images), _check_labels(path, labels, len(images))
+            head.decode("utf-8")
+            kind = "a text file"
+        except UnicodeDecodeError:
+            kind = "a binary file of another format"
+        raise _bad(path, f"is not an .npz archive (it looks like {kind})")
+
+
+def _read_member(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise _bad(
+                path,
+                f"`{key}` holds Python objects (dtype object), which are refused because loading them "
+                "would run pickled code; save a numeric array, e.g. np.asarray(images, dtype=np.uint8)",
+            ) from None
+        raise _bad(path, f"`{key}` cannot be read: the archive is damaged ({_reason(exc)}); write it again") from None
+    except _READ_ERRORS as exc:
+        raise _bad(path, f"`{key}` cannot be read: the archive is damaged ({_reason(exc)}); write it again") from None
+
+
+def _shape_hint(shape: tuple) -> str:
+    if shape in SHAPES:
+        return " (a single image? add a batch axis: images[None])"
+    if len(shape) == 4 and shape[1:] == (28, 28, 1):
+        return " (channels-last? drop the channel axis: images[..., 0])"
+    if len(shape) == 4 and shape[2:] == (28, 28):
+        return f" ({shape[1]} channels; MNIST samples have one)"
+    if len(shape) >= 2 and shape[-2:] == (32, 32):
+        return " (padded to 32x32? crop to the 28x28 centre: images[..., 2:30, 2:30])"
+    return ""
 
 
 def _check_images(path: Path, images: np.ndarray) -> np.ndarray:
-    shape = images.shape
-    if images.ndim == 0 or shape[0] == 0:
-        raise _bad(path, f"`images` is empty (shape {shape})")
-    if shape[1:] in ((28, 28), (1, 28, 28), (784,)):
-        images = images.reshape(shape[0], 28, 28)
-    else:
-        raise _bad(path, f"`images` has shape {shape}")
+    shape = tuple(images.shape)
+    if images.ndim == 0:
+        raise _bad(path, f"`images` is a single value ({images!r}), not an array of images")
+    if shape[0] == 0:
+        raise _bad(path, f"`images` is empty (shape {shape}): there are no samples to evaluate")
+    if shape[1:] not in SHAPES:
+        raise _bad(path, f"`images` has shape {shape}, which is not one of the accepted shapes{_shape_hint(shape)}")
+    images = images.reshape(shape[0], 28, 28)
     if images.dtype == np.uint8:
-        return images
-    if not np.issubdtype(images.dtype, np.floating):
-        raise _bad(path, f"`images` has dtype {images.dtype}; use uint8 or a float type")
-    if not np.isfinite(images).all():
-        bad = int((~np.isfinite(images)).sum())
-        raise _bad(path, f"`images` holds {bad} NaN or infinite values")
+        return (images.astype(np.float64) / 255.0).astype(np.float32)
+    if images.dtype.kind != "f":
+        raise _bad(
+            path,
+            f"`images` has dtype {images.dtype}, which is not accepted; convert it to uint8 in [0, 255] "
+            "(e.g. images.astype(np.uint8)) or to float32 in [0, 1]",
+        )
+    finite = np.isfinite(images)
+    if not finite.all():
+        n_nan = int(np.isnan(images).sum())
+        n_inf = int(images.size - finite.sum() - n_nan)
+        raise _bad(
+            path,
+            f"`images` holds {n_nan} NaN and {n_inf} infinite values, in {int((~finite).any(axis=(1, 2)).sum())} "
+            "of the samples; a generator that produced them has diverged, so regenerate them",
+        )
     low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:
-        hint = " (uint8-style values in a float array? divide by 255)" if high > 1.0 else ""
+        if low >= 0.0 and high <= 255.0:
+            hint = " (values up to 255 look like uint8 pixels stored as floats: divide by 255)"
+        elif low >= -1.0 and high <= 1.0:
+            hint = " (values in [-1, 1] look like tanh outputs: rescale with (images + 1) / 2)"
+        else:
+            hint = ""
         raise _bad(path, f"float `images` range from {low:g} to {high:g}, outside [0, 1]{hint}")
-    return images.astype(np.float32, copy=False)
+    return images.astype(np.float32)
 
 
 def _check_labels(path: Path, labels: np.ndarray | None, n: int) -> np.ndarray | None:
     if labels is None:
         return None
     if labels.shape != (n,):
-        raise _bad(path, f"`labels` has shape {labels.shape}, expected ({n},) to match `images`")
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not (np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all() and (labels == np.round(labels)).all()):
-            raise _bad(path, f"`labels` has dtype {labels.dtype} with non-integer values")
-    if labels.min() < 0 or labels.max() > 9:
-        raise _bad(path, f"`labels` range from {labels.min()} to {labels.max()}, outside the digits 0-9")
-    return labels.astype(np.int64)
+        raise _bad(
+            path,
+            f"`labels` has shape {tuple(labels.shape)}, but it must be ({n},): one digit per image in `images`",
+        )
+    if labels.dtype.kind in "iu":
+        values = labels
+    elif labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        values = labels  # whole numbers stored as floats are accepted
+    else:
+        raise _bad(path, f"`labels` has dtype {labels.dtype} and must hold whole numbers, the digits 0-9")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 9:
+        n_bad = int(((values < 0) | (values > 9)).sum())
+        raise _bad(
+            path,
+            f"`labels` range from {int(low)} to {int(high)}: {n_bad} of them are outside the digits 0-9",
+        )
+    return values.astype(np.int64)

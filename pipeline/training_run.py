@@ -86,8 +86,7 @@ def train_tracked(
     result.run_id = run.info.run_id
     metrics = tracking.MetricBuffer(result.run_id)
     if not saved:
-        tracking.log_params_flat(flatten(params))
-        mlflow.log_param("device", str(device))
+        tracking.log_params_flat({**flatten(params), "device": str(device)})
 
     eval_n = t.eval_samples
     eval_labels = _quick_eval_labels(eval_n, params.seed, ref) if v.conditional else None

@@ -2,29 +2,57 @@
 
 import json
 
-from pipeline import atomic, layout, tracking
-from pipeline.console import run_main
+import numpy as np
+
+from pipeline import evaluator, layout, reference, tables, tracking
+from pipeline.console import run_main, stderr
+from pipeline.mnist import load_prepared
 from pipeline.params import load_params
-from pipeline.reports import run_report
+from pipeline.reports import output, run_report
+from pipeline.reports.neighbours import nearest_training
 
 
 def main() -> None:
     params = load_params()
-    evaluation = json.loads(layout.EVALUATION.read_text())
-    calibration = json.loads(layout.CALIBRATION.read_text())
-    grid_png = layout.SAMPLE_GRID.read_bytes()
-    md = run_report.markdown(params.model, evaluation, calibration)
-    page = run_report.html_page(params.model, evaluation, calibration, grid_png)
-    atomic.write_text(layout.REPORTS_DIR / "report.md", md)
-    atomic.write_text(layout.REPORTS_DIR / "report.html", page)
+    run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
+    with stderr.status("finding the samples' nearest training images"):
+        with np.load(layout.SAMPLES) as f:
+            samples, labels = f["images"], (f["labels"] if "labels" in f else None)
+        ref = reference.load(layout.REFERENCE)
+        panel = nearest_training(
+            samples,
+            labels,
+            evaluator.load(layout.CLASSIFIER),
+            ref,
+            load_prepared(layout.PREPARED).x_train,
+            params.report.neighbour_panel,
+        )
+    inputs = run_report.RunInputs(
+        model=params.model,
+        seed=params.seed,
+        variant=params.variant.model_dump(mode="json"),
+        evaluation=json.loads(layout.EVALUATION.read_text()),
+        calibration=json.loads(layout.CALIBRATION.read_text()),
+        sample_grid_png=layout.SAMPLE_GRID.read_bytes(),
+        class_histogram=tables.read_csv(layout.CLASS_HISTOGRAM),
+        losses=tables.read_csv(layout.LOSS_HISTORY),
+        collapse_curve=tables.read_csv(layout.COLLAPSE_CURVE),
+        neighbours=panel,
+        run_id=run_id,
+        evaluator_accuracy=float(ref.test_accuracy),
+    )
+    with stderr.status("drawing the report"):
+        doc = run_report.build(inputs)
+        output.write(doc, layout.REPORTS_DIR, "report", run_report.FIGURE_DIR)
 
     import mlflow
 
-    run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
     with tracking.reopen_run(layout.repo_root(), run_id, params.model, params.seed):
         mlflow.log_artifact(str(layout.REPORTS_DIR / "report.html"), "report")
         mlflow.log_artifact(str(layout.REPORTS_DIR / "report.md"), "report")
-    print(f"wrote {layout.REPORTS_DIR}/report.html and report.md")
+        # The markdown links figures/<name>.png, so they sit beside it in the run's artifacts too.
+        mlflow.log_artifacts(str(layout.REPORTS_DIR / run_report.FIGURE_DIR), f"report/{run_report.FIGURE_DIR}")
+    print(f"wrote {layout.REPORTS_DIR}/report.html and report.md (collapse: {inputs.evaluation['collapse']['kind']})")
 
 
 if __name__ == "__main__":

@@ -5,19 +5,30 @@ reach all of the real data? A collapsed model keeps precision but loses recall a
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from pipeline.metrics.neighbours import count_within, kth_distances, nearest_within_radius
+from pipeline.metrics.neighbours import kth_distances, sq_distance_chunks
 
 
-def prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
-    real_radii = kth_distances(real, real, k, exclude_self=True)
+def prdc(real: np.ndarray, fake: np.ndarray, k: int, real_radii: np.ndarray | None = None) -> dict[str, float]:
+    """All four from one pass over the sample-to-real distances. `real_radii` (each real point's k-NN
+    distance among the real points) may be passed in when the same real set is reused."""
+    if real_radii is None:
+        real_radii = kth_distances(real, real, k, exclude_self=True)
     fake_radii = kth_distances(fake, fake, k, exclude_self=True)
-    # How many real balls contain each sample.
-    inside_real = count_within(fake, real, real_radii)
-    precision = float((inside_real > 0).mean())
-    density = float(inside_real.mean() / k)
-    # Recall: share of real points inside some sample's ball.
-    recall = float((count_within(real, fake, fake_radii) > 0).mean())
-    # Coverage: share of real balls that hold at least one sample.
-    coverage = float(nearest_within_radius(real, fake, real_radii).mean())
-    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+    real_r2 = torch.from_numpy(real_radii.astype(np.float32)) ** 2
+    fake_r2 = torch.from_numpy(fake_radii.astype(np.float32)) ** 2
+    balls_holding = torch.zeros(len(fake))  # per sample: how many real k-NN balls contain it
+    real_ball_hit = torch.zeros(len(real), dtype=torch.bool)  # per real point: its ball holds a sample
+    real_reached = torch.zeros(len(real), dtype=torch.bool)  # per real point: inside some sample's ball
+    for start, d in sq_distance_chunks(fake, real):
+        inside_real = d <= real_r2[None, :]
+        balls_holding[start : start + len(d)] = inside_real.sum(1).float()
+        real_ball_hit |= inside_real.any(0)
+        real_reached |= (d <= fake_r2[start : start + len(d), None]).any(0)
+    return {
+        "precision": float((balls_holding > 0).float().mean()),
+        "recall": float(real_reached.float().mean()),
+        "density": float(balls_holding.mean() / k),
+        "coverage": float(real_ball_hit.float().mean()),
+    }

@@ -1,0 +1,148 @@
+"""Shared fixtures: real MNIST from the mirror, tiny params, a small trained evaluator, a DVC repo.
+
+Everything is real (MNIST from MNIST_MIRROR, a real DVC repository, a real sqlite MLflow store); only
+the budgets are tiny so the suite runs on a 2-core CPU in minutes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mirror_path() -> Path:
+    mirror = os.environ.get("MNIST_MIRROR") or str(REPO.parent / "shared" / "mnist")
+    path = Path(mirror.removeprefix("file://"))
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(
+            f"MNIST mirror {path} does not hold the MNIST files; set MNIST_MIRROR to a directory with the "
+            "four *-idx?-ubyte.gz files (e.g. export MNIST_MIRROR=$(realpath ../shared/mnist))."
+        )
+    return path
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params(iterations: int = 60) -> dict:
+    """The repo's params.yaml with budgets small enough for a test."""
+    p = copy.deepcopy(repo_params())
+    p["evaluator"].update(epochs=1, train_subset=3000, kmeans_fit_size=2000, ndb_bins=10)
+    p["train"].update(log_every=20, checkpoint_every=20, sample_every=40, eval_every=20, eval_samples=300)
+    p["evaluate"].update(n_samples=400, kid_subsets=4, kid_subset_size=200, calibration_subsets=3)
+    for v in p["variants"].values():
+        v["iterations"] = iterations
+    return p
+
+
+@pytest.fixture(scope="session")
+def mnist(tmp_path_factory):
+    """The real MNIST dataset, downloaded from the mirror and parsed by ganpipe's own code."""
+    from pipeline.download import download_all
+    from pipeline.mnist import MNIST, read_split
+
+    raw = tmp_path_factory.mktemp("raw")
+    download_all(raw, [str(mirror_path())], timeout=10, retries=1, backoff=0)
+    x_train, y_train = read_split(raw, "train")
+    x_test, y_test = read_split(raw, "t10k")
+    return MNIST(x_train, y_train, x_test, y_test)
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+    """A 12k-image training subset (and the full test set): enough for metric tests, fast to embed."""
+    from pipeline.mnist import MNIST
+
+    idx = np.random.default_rng(0).permutation(len(mnist.x_train))[:12000]
+    return MNIST(mnist.x_train[idx], mnist.y_train[idx], mnist.x_test, mnist.y_test)
+
+
+@pytest.fixture(scope="session")
+def instrument(small_mnist):
+    """A quickly trained evaluator (about 98% accurate) and its real-data reference on small_mnist."""
+    from pipeline import evaluator, reference
+
+    model = evaluator.train_classifier(
+        small_mnist.x_train, small_mnist.y_train, epochs=2, batch_size=128, lr=1e-3, seed=0
+    )
+    ref = reference.build(model, small_mnist, ndb_bins=20, kmeans_fit_size=4000, seed=0)
+    return model, ref
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def make_dvc_repo(dest: Path, params: dict) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline with the given params."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, dest / name)
+    for folder in ("stages", "pipeline"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git("init", "-q", "-b", "main", cwd=dest)
+    subprocess.run(["dvc", "init", "-q"], cwd=dest, check=True)
+    git("add", "-A", cwd=dest)
+    git("commit", "-qm", "init", cwd=dest)
+    return dest
+
+
+def dvc_env(repo: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")}
+    env["MNIST_MIRROR"] = str(mirror_path())
+    return {**env, **extra}
+
+
+def dvc(repo: Path, *args: str, check: bool = True, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["dvc", *args], cwd=repo, env=env or dvc_env(repo), capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One DVC cache for all test repos: stages with the same code and params (download, prepare,
+    evaluator, calibrate) are restored from DVC's run cache instead of recomputed."""
+    return tmp_path_factory.mktemp("dvc-cache")
+
+
+def new_repo(path: Path, params: dict, cache: Path) -> Path:
+    repo = make_dvc_repo(path, params)
+    subprocess.run(["dvc", "cache", "dir", str(cache)], cwd=repo, check=True, capture_output=True)
+    git("commit", "-qam", "shared cache", cwd=repo)
+    return repo
+
+
+def runs(repo: Path):
+    """The MLflow runs in a test repo's own sqlite store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["ganpipe"], output_format="list")
+
+
+def wait_for_queue(repo: Path, timeout: float = 600) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue still busy after {timeout}s:\n{status}")

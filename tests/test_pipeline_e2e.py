@@ -1,0 +1,97 @@
+"""End to end, on the real stack: a temporary git + DVC repository running this pipeline with tiny
+budgets on real MNIST, with the MLflow runs checked in the repository's own sqlite store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+
+from tests.conftest import dvc, dvc_env, git, new_repo, runs, tiny_params, wait_for_queue
+
+REQUIRED_KEYS = {
+    "n_samples", "fld", "kid", "class_coverage", "class_kl", "mnist_score", "precision", "recall", "density",
+    "coverage", "ndb", "ndb_js", "duplicate_rate", "intra_class_diversity", "label_accuracy", "collapse",
+}
+
+
+
+
+def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_cache):
+    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+
+    first = dvc(repo, "repro").stdout
+    for stage in ("download", "prepare", "evaluator", "calibrate", "train", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in first or f"Stage '{stage}' is cached" in first
+    for out in ("data/prepared/mnist.npz", "outputs/train/generator.pt", "metrics/evaluate.json", "reports/report.html"):
+        assert (repo / out).is_file(), out
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "baseline results", cwd=repo)
+
+    again = dvc(repo, "repro").stdout
+    assert "Running stage" not in again and "up to date" in again
+
+    dvc(repo, "exp", "run", "-S", "model=wgan")
+    dvc(repo, "exp", "run", "-S", "model=cgan")
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
+    models = set()
+    for exp in experiments:
+        data = exp["revs"][0]["data"]
+        models.add(data["params"]["params.yaml"]["data"]["model"])
+        assert "fld" in data["metrics"]["metrics/evaluate.json"]["data"]
+    assert {"wgan", "cgan"} <= models
+
+    by_model = {r.data.tags["model"]: r for r in runs(repo)}
+    assert set(by_model) == {"vanilla", "wgan", "cgan"}
+    for name, run in by_model.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"]
+        assert "eval_fld" in run.data.metrics and "d_loss" in run.data.metrics
+        assert run.data.params["model"] == name
+        artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+        assert {"evaluation", "report", "images"} <= artifacts, artifacts
+    assert by_model["wgan"].data.params["variants.wgan.n_critic"] == "5"
+    assert "w_estimate" in by_model["wgan"].data.metrics
+    history = mlflow.MlflowClient().get_metric_history(by_model["wgan"].info.run_id, "d_loss")
+    assert len(history) == 60 // 20  # losses every log_every steps, never per step
+    assert by_model["wgan"].data.tags["dvc_exp_name"] != "workspace"
+    logged_models = mlflow.search_logged_models(experiment_ids=[by_model["cgan"].info.experiment_id], output_format="list")
+    assert any(m.source_run_id == by_model["cgan"].info.run_id and m.name == "generator" for m in logged_models)
+
+    # DVC's own views.
+    assert "fld" in dvc(repo, "metrics", "show").stdout
+    diff = dvc(repo, "params", "diff", "HEAD").stdout  # the workspace holds the cgan experiment
+    assert "model" in diff and "vanilla" in diff and "cgan" in diff
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "sample_grid.png" in html and "Losses" in html
+
+    # The instrument on the pipeline's own samples (a CGAN: samples carry requested labels).
+    out = subprocess.run(
+        ["ganpipe", "evaluate", "--samples", "outputs/evaluate/samples.npz"],
+        cwd=repo, env=dvc_env(repo), capture_output=True, text=True, check=True,
+    )
+    result = json.loads(out.stdout)
+    assert REQUIRED_KEYS <= set(result) and result["label_accuracy"] is not None
+    assert set(result["collapse"]) == {"detected", "kind", "evidence"}
+    subprocess.run(
+        ["ganpipe", "sample", "--digit", "7", "--n", "20", "--out", "sevens.png"],
+        cwd=repo, env=dvc_env(repo), check=True, capture_output=True,
+    )
+    assert (repo / "sevens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Queued experiments run in temporary copies; their runs and artifacts must land in this repo.
+    dvc(repo, "exp", "run", "--queue", "-S", "model=vanilla,wgan", "-S", "seed=1")
+    dvc(repo, "queue", "start")
+    status = wait_for_queue(repo)
+    assert "Failed" not in status, status
+    seed1 = [r for r in runs(repo) if r.data.tags["seed"] == "1"]
+    assert sorted(r.data.tags["model"] for r in seed1) == ["vanilla", "wgan"]
+    for run in seed1:
+        assert run.info.status == "FINISHED"
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation/evaluation.json"))
+        assert json.loads(local.read_text())["n_samples"] == 400
+        assert str(repo / "mlartifacts") in run.info.artifact_uri.replace("file://", "")

@@ -1,0 +1,199 @@
+"""Failures that must be loud, early and lossless, provoked for real in temporary DVC repos:
+interruption (kill -9) and resume, divergence, determinism, and the MLflow store (bad URI, a real
+`mlflow server` on loopback, and two queued experiments writing to the sqlite store in parallel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+import torch
+
+from tests.conftest import dvc, dvc_env, git, new_repo, runs, tiny_params, wait_for_queue
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 the process and every descendant (DVC runs the stage as a child process)."""
+    parent = psutil.Process(proc.pid)
+    for p in [*parent.children(recursive=True), parent]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+def stage(repo: Path, name: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"], cwd=repo, env=dvc_env(repo, **env),
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def generator_state(repo: Path) -> dict[str, torch.Tensor]:
+    return torch.load(repo / "outputs/train/generator.pt", weights_only=True)["state_dict"]
+
+
+def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(tmp_path, shared_cache):
+    params = tiny_params()
+    params["model"] = "wgan"
+    params["variants"]["wgan"]["iterations"] = 2000
+    params["train"].update(checkpoint_every=200, eval_every=200, sample_every=1000)
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
+    checkpoints = repo / ".ganpipe" / "checkpoints"
+
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=dvc_env(repo), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("*.pt")):
+        assert proc.poll() is None, f"dvc repro ended before a checkpoint was written:\n{proc.stdout.read()}"
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    kill_tree(proc)
+    assert not (repo / "outputs/train/generator.pt").exists()
+    saved = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)
+    assert 0 < saved["trainer"]["step"] < 2000 and saved["trainer"]["step"] % 200 == 0
+
+    resumed = dvc(repo, "repro").stdout
+    assert f"resumed from iteration {saved['trainer']['step']}" in resumed
+    assert not list(checkpoints.glob("*.pt"))  # finished: nothing left to resume
+    after_resume = generator_state(repo)
+    train_metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert train_metrics["iterations"] == 2000
+    (wgan_run,) = [r for r in runs(repo) if r.data.tags["model"] == "wgan"]
+    assert wgan_run.info.status == "FINISHED"  # the interrupted run was reopened and finished
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(wgan_run.info.run_id, "d_loss")]
+    assert max(steps) == 2000
+
+    # The same training without interruption gives the same weights, bit for bit: the checkpoint
+    # holds the optimiser state and the training RNG, and CPU kernels are deterministic.
+    dvc(repo, "repro", "--force", "--single-item", "train")
+    uninterrupted = generator_state(repo)
+    assert after_resume.keys() == uninterrupted.keys()
+    for key in after_resume:
+        assert torch.equal(after_resume[key], uninterrupted[key]), key
+
+
+def test_divergence_stops_training_keeps_the_last_good_checkpoint_and_fails_the_run(tmp_path, shared_cache):
+    params = tiny_params()
+    params["model"] = "wgan"
+    # A critic whose clipping is effectively off, with a huge learning rate: its scores grow until they
+    # overflow float32 (here at generator iteration 200), a real divergence.
+    params["variants"]["wgan"].update(lr=3e10, clip=1e30, iterations=600)
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
+    result = dvc(repo, "repro", check=False)
+    assert result.returncode != 0
+    err = result.stderr + result.stdout
+    assert "Traceback" not in err
+    assert "model wgan diverged" in err and "lr 30000000000.0" in err and "clip 1e+30" in err
+    assert "last good checkpoint" in err
+    assert not (repo / "outputs/train/generator.pt").exists()
+    (ckpt,) = (repo / ".ganpipe/checkpoints").glob("*.pt")
+    state = torch.load(ckpt, weights_only=False)
+    diverged_at = int(err.split("by generator iteration ")[1].split()[0])
+    # Detected within one logging window; the checkpoint is the last one before it, and finite.
+    assert diverged_at % 20 == 0 and state["trainer"]["step"] == diverged_at - 20
+    for net in ("generator", "critic"):
+        assert all(torch.isfinite(t).all() for t in state["trainer"][net].values())
+    (run,) = runs(repo)
+    assert run.info.status == "FAILED"
+    assert "diverged" in run.data.tags["failure_reason"]
+
+
+def test_same_params_and_seed_give_identical_metrics_files(tmp_path, shared_cache):
+    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    dvc(repo, "repro")
+    first = {name: (repo / "metrics" / name).read_text() for name in ("train.json", "evaluate.json")}
+    dvc(repo, "repro", "--force", "--single-item", "train")
+    dvc(repo, "repro", "--force", "--single-item", "evaluate")
+    second = {name: (repo / "metrics" / name).read_text() for name in ("train.json", "evaluate.json")}
+    assert first == second
+    assert len(runs(repo)) == 2  # both trainings were real runs, each tracked
+
+
+@pytest.mark.parametrize(
+    "uri, says",
+    [
+        ("http://127.0.0.1:{port}", "unreachable"),
+        ("notascheme://somewhere", "not a tracking URI"),
+        ("http://", "no host"),
+        ("sqlite:////no/such/folder/mlflow.db", "does not exist"),
+    ],
+)
+def test_a_bad_tracking_uri_fails_before_training_starts(tmp_path, shared_cache, uri, says):
+    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    dvc(repo, "repro", "calibrate")  # inputs of the train stage, restored from the shared run cache
+    start = time.time()
+    result = stage(repo, "train", MLFLOW_TRACKING_URI=uri.format(port=free_port()))
+    assert result.returncode != 0
+    assert says in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.time() - start < 60
+    assert not (repo / "outputs/train/generator.pt").exists()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            import urllib.request
+
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            break
+        except OSError:
+            assert proc.poll() is None, "mlflow server exited"
+            assert time.time() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, mlflow_server):
+    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    dvc(repo, "repro", env=dvc_env(repo, MLFLOW_TRACKING_URI=mlflow_server))
+    assert not (repo / "mlflow.db").exists()  # nothing went to the local store
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("ganpipe").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == "vanilla"
+    assert "eval_fld" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"evaluation", "report"} <= artifacts
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_in_parallel_both_land_in_the_sqlite_store(tmp_path, shared_cache):
+    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    dvc(repo, "repro")
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "baseline", cwd=repo)
+    dvc(repo, "exp", "run", "--queue", "-S", "model=vanilla-ns,wgan", "-S", "seed=3")
+    dvc(repo, "queue", "start", "-j", "2")
+    status = wait_for_queue(repo)
+    assert "Failed" not in status, status
+    landed = [r for r in runs(repo) if r.data.tags["seed"] == "3"]
+    assert sorted(r.data.tags["model"] for r in landed) == ["vanilla-ns", "wgan"]
+    assert all(r.info.status == "FINISHED" and "eval_fld" in r.data.metrics for r in landed)

@@ -1,0 +1,231 @@
+"""`ganpipe evaluate --samples FILE.npz`: a bad sample file is refused in one paragraph, never a traceback.
+
+The bad-file checks run before the evaluator is loaded, so these tests run the real CLI in a folder with
+no trained evaluator: reaching the evaluator would produce a different message and fail the test.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import samples_file
+from pipeline.cli import app
+from pipeline.mnist import read_split
+
+from .conftest import REPO, mirror_path
+
+EXPECTED_FORM = "Expected an .npz holding `images` shaped (N, 28, 28), (N, 1, 28, 28) or (N, 784)"
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """64 real MNIST test digits (uint8) and their labels, read from the mirror."""
+    images, labels = read_split(mirror_path(), "t10k")
+    return images[:64].copy(), labels[:64].astype(np.int64)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A folder outside any repository, holding a valid params.yaml and no trained evaluator."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    return tmp_path
+
+
+def evaluate(path: Path) -> tuple[int, str]:
+    """Run `ganpipe evaluate --samples PATH` in-process through typer; return (exit code, stderr)."""
+    result = CliRunner().invoke(app, ["evaluate", "--samples", str(path), "--params", str(path.parent / "params.yaml")])
+    assert "Traceback" not in result.output + result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.stdout == ""  # no JSON result for a refused file
+    return result.exit_code, result.stderr
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def bad_files(digits) -> dict[str, tuple[object, str]]:
+    """name -> (how to write the file, the problem the message must name)."""
+    u8, labels = digits
+    f = u8.astype(np.float32) / 255
+    return {
+        "text file": (lambda p: p.write_text("0.1, 0.2, 0.3\n"), "is not an .npz archive (it looks like a text file)"),
+        "npy": (lambda p: p.write_bytes(_npy_bytes(u8)), "is a single .npy array, not an .npz archive"),
+        "zero bytes": (lambda p: p.write_bytes(b""), "is an empty file (0 bytes)"),
+        "truncated npz": (
+            lambda p: p.write_bytes(_npz_bytes(p, images=u8)[:3000]),
+            "is a damaged or incomplete .npz archive that cannot be opened (BadZipFile",
+        ),
+        "corrupted npz": (
+            lambda p: p.write_bytes(_flip_middle_byte(_npz_bytes(p, images=u8))),
+            "`images` cannot be read: the archive is damaged (BadZipFile: Bad CRC-32",
+        ),
+        "no images": (lambda p: write_npz(p, x=u8, labels=labels), "has no `images` array (it holds `x`, `labels`)"),
+        "empty archive": (lambda p: write_npz(p), "is an empty .npz archive with no arrays in it"),
+        "no samples": (lambda p: write_npz(p, images=u8[:0]), "`images` is empty (shape (0, 28, 28))"),
+        "scalar": (lambda p: write_npz(p, images=np.float32(0.5)), "`images` is a single value"),
+        "one image": (lambda p: write_npz(p, images=u8[0]), "`images` has shape (28, 28), which is not one of the accepted shapes (a single image? add a batch axis: images[None])"),
+        "channels last": (lambda p: write_npz(p, images=u8[..., None]), "`images` has shape (64, 28, 28, 1), which is not one of the accepted shapes (channels-last? drop the channel axis: images[..., 0])"),
+        "rgb": (lambda p: write_npz(p, images=np.repeat(u8[:, None], 3, axis=1)), "`images` has shape (64, 3, 28, 28), which is not one of the accepted shapes (3 channels; MNIST samples have one)"),
+        "wrong size": (lambda p: write_npz(p, images=u8[:, :27, :27]), "`images` has shape (64, 27, 27)"),
+        "int32": (lambda p: write_npz(p, images=u8.astype(np.int32)), "`images` has dtype int32, which is not accepted; convert it to uint8"),
+        "bool": (lambda p: write_npz(p, images=u8 > 127), "`images` has dtype bool, which is not accepted"),
+        "complex": (lambda p: write_npz(p, images=f.astype(np.complex64)), "`images` has dtype complex64, which is not accepted"),
+        "object": (
+            lambda p: write_npz(p, images=np.array(list(f), dtype=object)),
+            "`images` holds Python objects (dtype object), which are refused because loading them would run pickled code",
+        ),
+        "nan": (lambda p: write_npz(p, images=_with(f, 3, np.nan)), "`images` holds 1 NaN and 0 infinite values, in 1 of the samples"),
+        "inf": (lambda p: write_npz(p, images=_with(f, 5, np.inf)), "`images` holds 0 NaN and 1 infinite values"),
+        "float 0-255": (lambda p: write_npz(p, images=u8.astype(np.float32)), "float `images` range from 0 to 255, outside [0, 1] (values up to 255 look like uint8 pixels stored as floats: divide by 255)"),
+        "float -1..1": (lambda p: write_npz(p, images=f * 2 - 1), "float `images` range from -1 to 1, outside [0, 1] (values in [-1, 1] look like tanh outputs: rescale with (images + 1) / 2)"),
+        "float slightly over": (lambda p: write_npz(p, images=_with(f, 0, 1.01)), "float `images` range from 0 to 1.01, outside [0, 1]"),
+        "labels too short": (lambda p: write_npz(p, images=u8, labels=labels[:10]), "`labels` has shape (10,), but it must be (64,): one digit per image in `images`"),
+        "labels 2d": (lambda p: write_npz(p, images=u8, labels=labels[:, None]), "`labels` has shape (64, 1), but it must be (64,)"),
+        "labels above 9": (lambda p: write_npz(p, images=u8, labels=_with(labels, 7, 10)), "`labels` range from 0 to 10: 1 of them are outside the digits 0-9"),
+        "labels negative": (lambda p: write_npz(p, images=u8, labels=_with(labels, 7, -1)), "`labels` range from -1 to 9: 1 of them are outside the digits 0-9"),
+        "labels fractional": (lambda p: write_npz(p, images=u8, labels=labels + 0.5), "`labels` has dtype float64 and must hold whole numbers, the digits 0-9"),
+        "labels strings": (lambda p: write_npz(p, images=u8, labels=labels.astype(str)), "`labels` has dtype <U21 and must hold whole numbers"),
+    }
+
+
+def _with(array: np.ndarray, index: int, value) -> np.ndarray:
+    out = array.copy()
+    out.flat[index * 7] = value
+    return out
+
+
+def _flip_middle_byte(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0xFF
+    return bytes(out)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _npz_bytes(scratch: Path, **arrays) -> bytes:
+    np.savez(scratch, **arrays)
+    return scratch.read_bytes()
+
+
+CASES = [
+    "text file", "npy", "zero bytes", "truncated npz", "corrupted npz", "no images", "empty archive", "no samples", "scalar",
+    "one image", "channels last", "rgb", "wrong size", "int32", "bool", "complex", "object", "nan", "inf",
+    "float 0-255", "float -1..1", "float slightly over", "labels too short", "labels 2d", "labels above 9",
+    "labels negative", "labels fractional", "labels strings",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_sample_file_is_refused_by_the_cli_in_one_paragraph(case, digits, workdir):
+    write, problem = bad_files(digits)[case]
+    path = workdir / "samples.npz"
+    write(path)
+
+    code, stderr = evaluate(path)
+
+    assert code == 2
+    message = stderr.strip()
+    assert "\n" not in message, message  # one paragraph
+    assert message.startswith(f"error: {path}: "), message
+    assert problem in message, message
+    assert EXPECTED_FORM in message  # and the fix: the form that is accepted
+    assert "evaluator" not in message  # refused before the evaluator was looked for
+
+
+def test_cases_cover_every_bad_file_kind(digits):
+    assert sorted(CASES) == sorted(bad_files(digits))
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_a_samples_path_that_is_not_a_file_is_refused(kind, workdir):
+    path = workdir / ("nothing.npz" if kind == "missing" else "a-folder.npz")
+    if kind == "directory":
+        path.mkdir()
+    code, stderr = evaluate(path)
+    assert code == 2
+    assert f"error: {path} {'does not exist' if kind == 'missing' else 'is a directory'}. Pass the path of an .npz" in stderr
+
+
+def test_the_installed_ganpipe_command_refuses_a_bad_file_without_a_traceback(workdir):
+    path = workdir / "samples.npz"
+    path.write_text("not numbers\n")
+    ganpipe = shutil.which("ganpipe") or str(Path(sys.executable).parent / "ganpipe")
+    env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"}
+
+    result = subprocess.run(
+        [ganpipe, "evaluate", "--samples", str(path)], cwd=workdir, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: {path}: is not an .npz archive (it looks like a text file). Expected an .npz holding `images` "
+        "shaped (N, 28, 28), (N, 1, 28, 28) or (N, 784), uint8 in [0, 255] or float in [0, 1], and optionally "
+        "`labels` (N,) of digits 0-9; e.g. np.savez('samples.npz', images=images, labels=labels)."
+    )
+
+
+# --- every accepted form loads to the same array -------------------------------------------------
+
+
+def accepted_forms(u8: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(u8)
+    forms = {}
+    for dtype_name, array in (
+        ("uint8", u8),
+        ("float32", (u8 / 255).astype(np.float32)),
+        ("float64", u8 / 255),
+    ):
+        forms[f"{dtype_name} (N, 28, 28)"] = array
+        forms[f"{dtype_name} (N, 1, 28, 28)"] = array.reshape(n, 1, 28, 28)
+        forms[f"{dtype_name} (N, 784)"] = array.reshape(n, 784)
+    return forms
+
+
+def test_every_accepted_shape_and_dtype_loads_to_the_same_array(digits, tmp_path):
+    u8, labels = digits
+    loaded = {}
+    for form, array in accepted_forms(u8).items():
+        path = write_npz(tmp_path / f"{form.replace(' ', '_')}.npz", images=array, labels=labels)
+        images, got_labels = samples_file.load(path)
+        loaded[form] = images
+        assert images.shape == (len(u8), 28, 28) and images.dtype == np.float32, form
+        np.testing.assert_array_equal(got_labels, labels)
+    reference = loaded["uint8 (N, 28, 28)"]
+    assert reference.min() == 0.0 and reference.max() == 1.0
+    np.testing.assert_array_equal(np.rint(reference * 255).astype(np.uint8), u8)  # uint8 survives exactly
+    for form, images in loaded.items():
+        np.testing.assert_array_equal(images, reference, err_msg=form)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.float32])
+def test_labels_of_any_integer_or_whole_float_dtype_load_as_int64(dtype, digits, tmp_path):
+    u8, labels = digits
+    path = write_npz(tmp_path / "samples.npz", images=u8, labels=labels.astype(dtype))
+    images, got = samples_file.load(path)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, labels)
+
+
+def test_a_file_without_labels_loads_with_labels_none(digits, tmp_path):
+    u8, _ = digits
+    images, labels = samples_file.load(write_npz(tmp_path / "samples.npz", images=u8))
+    assert labels is None and images.shape == (len(u8), 28, 28)
