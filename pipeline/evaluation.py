@@ -130,11 +130,21 @@ def requested_labels(n: int, seed: int, ref: Reference) -> np.ndarray:
 
 
 def first_collapse_step(curve) -> int | None:
-    """The first in-training check at which a digit lost its share (class_coverage < 10), if any."""
+    """The training iteration at which inter-class collapse first appeared in the in-training checks.
+
+    Collapse means losing digits the model had: the first check with class_coverage < 10 after one
+    with all ten. A model that never reached all ten digits never had them, so its first check is
+    returned. None when the last check still covers all ten and none lost a digit after full cover.
+    """
     if curve is None or len(curve) == 0 or "class_coverage" not in curve:
         return None
-    collapsed = curve[curve["class_coverage"] < 10]
-    return int(collapsed["step"].iloc[0]) if len(collapsed) else None
+    covered = (curve["class_coverage"] >= 10).to_numpy()
+    steps = curve["step"].to_numpy()
+    if not covered.any():
+        return int(steps[0])
+    after_full = np.arange(len(covered)) > np.argmax(covered)
+    lost = np.flatnonzero(after_full & ~covered)
+    return int(steps[lost[0]]) if len(lost) else None
 
 
 SCALARS = (

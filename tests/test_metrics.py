@@ -174,3 +174,16 @@ def test_calibration_thresholds_sit_beyond_every_real_subset(calibration):
     assert real["intra_class_diversity"]["min"] > t["intra_class_diversity"]
     assert real["duplicate_rate"]["max"] < t["duplicate_rate"]
     assert calibration["duplicate_distance"] > 0
+
+
+def test_first_collapse_is_losing_a_digit_the_model_had():
+    import pandas as pd
+
+    from pipeline.evaluation import first_collapse_step
+
+    curve = pd.DataFrame({"step": [1000, 2000, 3000, 4000], "class_coverage": [4, 10, 8, 10]})
+    assert first_collapse_step(curve) == 3000
+    never_full = pd.DataFrame({"step": [1000, 2000], "class_coverage": [3, 6]})
+    assert first_collapse_step(never_full) == 1000
+    healthy = pd.DataFrame({"step": [1000, 2000], "class_coverage": [7, 10]})
+    assert first_collapse_step(healthy) is None
