@@ -101,8 +101,12 @@ class ReferenceLoop:
 
 
 class GanpipeLoop:
-    def __init__(self, variant, x, y, device, seed, log_every: int = 100):
-        self.trainer = Trainer(build(variant, device, seed), x.to(device), y.to(device), seed)
+    def __init__(self, variant, x, y, device, seed, log_every: int = 100, compile: bool = False):
+        parts = build(variant, device, seed)
+        if compile:  # what train.compile: true does
+            parts.generator.compile()
+            parts.critic.compile()
+        self.trainer = Trainer(parts, x.to(device), y.to(device), seed)
         self.log_every = log_every
         self.last = {}
 
@@ -156,6 +160,7 @@ def main() -> None:
     ap.add_argument("--check", type=int, default=0, metavar="N",
                     help="also train both loops N generator iterations and print final losses and FLD")
     ap.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    ap.add_argument("--compile", action="store_true", help="ganpipe's loop with torch.compile (train.compile: true)")
     args = ap.parse_args()
 
     device = devices.resolve(args.device)
@@ -168,13 +173,14 @@ def main() -> None:
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             v = params.variants[name].model_copy(update={"batch_size": bs})
             ref_loop = ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)
-            fast_loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every)
+            fast_loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every, args.compile)
             ref_its = iterations_per_second(ref_loop, device, args.seconds, args.warmup)
             fast_its = iterations_per_second(fast_loop, device, args.seconds, args.warmup)
             row = {
                 "variant": name, "device": str(device), "batch_size": bs,
                 "reference_it_s": round(ref_its, 2), "ganpipe_it_s": round(fast_its, 2),
                 "ratio": round(fast_its / ref_its, 2),
+                "compile": args.compile,
             }
             if args.check:
                 for label, loop in (("reference", ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -73,7 +74,9 @@ def retry_locked(fn: Callable[[], T], attempts: int = 8, first_wait: float = 0.2
         except Exception as exc:  # MLflow wraps the sqlite error in its own exception types
             if "locked" not in str(exc).lower() or attempt == attempts - 1:
                 raise
-            time.sleep(first_wait * 2**attempt)
+            wait = first_wait * 2**attempt
+            print(f"MLflow store busy (sqlite database is locked); retrying in {wait:.2f} s", file=sys.stderr)
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -172,7 +172,6 @@ class Hooks:
     on_eval: Hook = lambda step: None
     on_sample: Hook = lambda step: None
     on_checkpoint: Hook = lambda step: None
-    extra: dict = field(default_factory=dict)
 
 
 def fit(trainer: Trainer, schedule: Schedule, hooks: Hooks) -> None:

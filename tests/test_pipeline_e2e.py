@@ -8,8 +8,11 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from tests.conftest import dvc, dvc_env, git, new_repo, runs, tiny_params, wait_for_queue
+
+pytestmark = pytest.mark.slow  # real DVC + MLflow runs: minutes; `-m 'not slow'` skips them
 
 REQUIRED_KEYS = {
     "n_samples", "fld", "kid", "class_coverage", "class_kl", "mnist_score", "precision", "recall", "density",
@@ -84,8 +87,9 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert (repo / "sevens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Queued experiments run in temporary copies; their runs and artifacts must land in this repo.
+    # Two at once (-j 2): both write to the same sqlite store concurrently.
     dvc(repo, "exp", "run", "--queue", "-S", "model=vanilla,wgan", "-S", "seed=1")
-    dvc(repo, "queue", "start")
+    dvc(repo, "queue", "start", "-j", "2")
     status = wait_for_queue(repo)
     assert "Failed" not in status, status
     seed1 = [r for r in runs(repo) if r.data.tags["seed"] == "1"]

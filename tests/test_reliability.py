@@ -1,6 +1,7 @@
 """Failures that must be loud, early and lossless, provoked for real in temporary DVC repos:
-interruption (kill -9) and resume, divergence, determinism, and the MLflow store (bad URI, a real
-`mlflow server` on loopback, and two queued experiments writing to the sqlite store in parallel)."""
+interruption (kill -9) and resume, divergence, determinism, and the MLflow store (bad URI, and a real
+`mlflow server` on loopback). Two queued experiments writing to the sqlite store in parallel are part
+of tests/test_pipeline_e2e.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import dvc, dvc_env, git, new_repo, runs, tiny_params, wait_for_queue
+from tests.conftest import dvc, dvc_env, new_repo, runs, tiny_params
+
+pytestmark = pytest.mark.slow  # real DVC + MLflow runs: minutes; `-m 'not slow'` skips them
 
 
 def free_port() -> int:
@@ -182,18 +185,3 @@ def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, m
     assert "eval_fld" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluation", "report"} <= artifacts
-
-
-@pytest.mark.slow
-def test_two_queued_experiments_in_parallel_both_land_in_the_sqlite_store(tmp_path, shared_cache):
-    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
-    dvc(repo, "repro")
-    git("add", "-A", cwd=repo)
-    git("commit", "-qm", "baseline", cwd=repo)
-    dvc(repo, "exp", "run", "--queue", "-S", "model=vanilla-ns,wgan", "-S", "seed=3")
-    dvc(repo, "queue", "start", "-j", "2")
-    status = wait_for_queue(repo)
-    assert "Failed" not in status, status
-    landed = [r for r in runs(repo) if r.data.tags["seed"] == "3"]
-    assert sorted(r.data.tags["model"] for r in landed) == ["vanilla-ns", "wgan"]
-    assert all(r.info.status == "FINISHED" and "eval_fld" in r.data.metrics for r in landed)
