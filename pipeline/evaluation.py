@@ -16,9 +16,6 @@ from pipeline.metrics.neighbours import kth_distances
 from pipeline.params import EvaluateParams
 from pipeline.reference import Reference
 
-QUICK_KEYS = ("class_coverage", "class_kl", "fld")
-
-
 def prdc_real_subset(ref: Reference, n: int, seed: int) -> np.ndarray:
     """Indices of the fixed real subset that precision/recall/density/coverage compare against."""
     return np.random.default_rng(seed).permutation(ref.n_train)[: min(n, ref.n_train)]

@@ -31,7 +31,6 @@ TRAIN_METRICS = METRICS_DIR / "train.json"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 
 REPORTS_DIR = Path("reports")
-CHECKPOINTS_DIR = Path(".ganpipe/checkpoints")  # outside DVC's outputs, see stages/train.py
 
 
 def repo_root(cwd: Path | None = None) -> Path:

@@ -55,7 +55,7 @@ def tile(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
     """Tile float [0, 1] images (rows*cols, 28, 28) into one uint8 picture with a dark gutter."""
     n, h, w = images.shape
     canvas = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.uint8)
-    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    pixels = to_uint8(images)
     for i in range(min(n, rows * cols)):
         r, c = divmod(i, cols)
         canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = pixels[i]
