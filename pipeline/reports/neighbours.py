@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.errors import GanpipeError
 from pipeline.evaluator import MnistCNN, embed
+from pipeline.metrics.neighbours import nearest
 from pipeline.reference import Reference
 
 
@@ -36,8 +37,6 @@ def nearest_training(
 ) -> NeighbourPanel:
     """The first n samples (already a random draw) beside their nearest training images. `labels` are
     the digits a conditional model was asked for (None for an unconditional one)."""
-    from sklearn.neighbors import NearestNeighbors
-
     if len(train_images) != ref.n_train:
         raise GanpipeError(
             f"the prepared training set has {len(train_images)} images but the evaluator reference was built "
@@ -46,13 +45,12 @@ def nearest_training(
         )
     picked = samples[:n]
     features = embed(classifier, picked).features
-    distances, indices = NearestNeighbors(n_neighbors=1).fit(ref.train_features).kneighbors(features)
-    idx = indices[:, 0]
+    distances, idx = nearest(features, ref.train_features)  # the same search the metrics use
     return NeighbourPanel(
         samples=picked,
         neighbours=train_images[idx],
         train_indices=idx,
-        distances=distances[:, 0],
+        distances=distances,
         real_median=float(np.median(ref.test_nn_train)),
         requested=None if labels is None else labels[:n],
     )
