@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import devices, layout  # noqa: E402
-from pipeline.mnist import load_prepared  # noqa: E402
-from pipeline.params import VariantParams, load_params  # noqa: E402
-from pipeline.trainer import Trainer  # noqa: E402
-from pipeline.variants import build  # noqa: E402
+from pipeline.common import devices, layout  # noqa: E402
+from pipeline.data.mnist import load_prepared  # noqa: E402
+from pipeline.common.params import VariantParams, load_params  # noqa: E402
+from pipeline.gan.trainer import Trainer  # noqa: E402
+from pipeline.gan.variants import build  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -141,8 +141,9 @@ def quick_fld(generator, conditional: bool) -> float | None:
     """FLD of 2000 samples with the pipeline's evaluator, if `dvc repro evaluator` has made one."""
     if not (ROOT / layout.REFERENCE).is_file():
         return None
-    from pipeline import evaluator, reference, sampling
-    from pipeline.evaluation import quick_metrics
+    from pipeline.instrument import evaluator, reference
+    from pipeline.gan import sampling
+    from pipeline.instrument.evaluation import quick_metrics
 
     ref = reference.load(ROOT / layout.REFERENCE)
     labels = np.random.default_rng(0).choice(10, 2000, p=ref.class_hist) if conditional else None

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from pipeline.console import report_error, stderr
-from pipeline.errors import GanpipeError
-from pipeline.tracking import EXPERIMENT
+from pipeline.common.console import report_error, stderr
+from pipeline.common.errors import GanpipeError
+from pipeline.common.tracking import EXPERIMENT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -20,7 +20,7 @@ def _fail(exc: GanpipeError) -> None:
 
 
 def _root() -> Path:
-    from pipeline.layout import repo_root
+    from pipeline.common.layout import repo_root
 
     return repo_root()
 
@@ -32,7 +32,7 @@ def evaluate(
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="The params.yaml holding the evaluate settings."),
 ) -> None:
     """Run the mode-collapse instrument on a sample file; print one JSON object."""
-    from pipeline import atomic
+    from pipeline.common import atomic
 
     try:
         result = evaluate_file(samples, params_file)
@@ -45,11 +45,12 @@ def evaluate(
 
 
 def evaluate_file(samples: Path, params_file: Path) -> dict:
-    from pipeline import evaluator, layout, reference, samples_file
-    from pipeline.calibration import calibrate
-    from pipeline.evaluation import evaluate_images
-    from pipeline.mnist import load_prepared
-    from pipeline.params import load_params
+    from pipeline.instrument import evaluator, reference, samples_file
+    from pipeline.common import layout
+    from pipeline.instrument.calibration import calibrate
+    from pipeline.instrument.evaluation import evaluate_images
+    from pipeline.data.mnist import load_prepared
+    from pipeline.common.params import load_params
 
     root = _root()
     params_path = params_file if params_file.is_absolute() or params_file.exists() else root / params_file
@@ -85,9 +86,10 @@ def sample(
 
     import numpy as np
 
-    from pipeline import atomic, layout, sampling
-    from pipeline.figures import save_png
-    from pipeline.variants import load_generator
+    from pipeline.common import atomic, layout
+    from pipeline.gan import sampling
+    from pipeline.reports.figures import save_png
+    from pipeline.gan.variants import load_generator
 
     try:
         generator, variant = load_generator(generator_path or _root() / layout.GENERATOR)
@@ -130,7 +132,7 @@ def compare(
     ),
 ) -> None:
     """Compare runs from the MLflow store: metrics table, sample grids, training curves, verdicts."""
-    from pipeline import layout
+    from pipeline.common import layout
     from pipeline.reports.compare import compare as write_comparison
 
     root = _root()

@@ -1,10 +1,11 @@
 """DVC stage: measure real subsets of the evaluation size to calibrate the collapse verdict."""
 
-from pipeline import atomic, layout, reference
-from pipeline.calibration import calibrate
-from pipeline.console import progress_bar, run_main
-from pipeline.mnist import load_prepared
-from pipeline.params import load_params
+from pipeline.common import atomic, layout
+from pipeline.instrument import reference
+from pipeline.instrument.calibration import calibrate
+from pipeline.common.console import progress_bar, run_main
+from pipeline.data.mnist import load_prepared
+from pipeline.common.params import load_params
 
 
 def main() -> None:

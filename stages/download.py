@@ -1,9 +1,9 @@
 """DVC stage: download and verify the four MNIST files into data/raw."""
 
-from pipeline import layout
-from pipeline.console import progress_bar, run_main
-from pipeline.download import download_all, mirrors_from_env
-from pipeline.params import load_params
+from pipeline.common import layout
+from pipeline.common.console import progress_bar, run_main
+from pipeline.data.download import download_all, mirrors_from_env
+from pipeline.common.params import load_params
 
 
 def main() -> None:

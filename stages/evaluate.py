@@ -4,13 +4,15 @@ import json
 
 import numpy as np
 
-from pipeline import atomic, evaluator, layout, reference, sampling, tables, tracking
-from pipeline.console import run_main, stderr
-from pipeline.evaluation import evaluate_images, first_collapse_step, metrics_for_dvc, requested_labels
-from pipeline.figures import save_png
-from pipeline.params import load_params
-from pipeline.training_run import GRID_SEED_OFFSET
-from pipeline.variants import load_generator
+from pipeline.common import atomic, layout, tables, tracking
+from pipeline.instrument import evaluator, reference
+from pipeline.gan import sampling
+from pipeline.common.console import run_main, stderr
+from pipeline.instrument.evaluation import evaluate_images, first_collapse_step, metrics_for_dvc, requested_labels
+from pipeline.reports.figures import save_png
+from pipeline.common.params import load_params
+from pipeline.gan.training_run import GRID_SEED_OFFSET
+from pipeline.gan.variants import load_generator
 
 
 def main() -> None:

@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from pipeline import atomic, evaluator, layout, reference
-from pipeline.console import progress_bar, run_main, stderr
-from pipeline.mnist import load_prepared
-from pipeline.params import load_params
+from pipeline.common import atomic, layout
+from pipeline.instrument import evaluator, reference
+from pipeline.common.console import progress_bar, run_main, stderr
+from pipeline.data.mnist import load_prepared
+from pipeline.common.params import load_params
 
 TARGET_ACCURACY = 0.99
 

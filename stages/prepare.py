@@ -1,9 +1,9 @@
 """DVC stage: parse the IDX files into one compact file of uint8 images and labels."""
 
-from pipeline import atomic, layout
-from pipeline.console import run_main
-from pipeline.mnist import read_split
-from pipeline.params import load_params
+from pipeline.common import atomic, layout
+from pipeline.common.console import run_main
+from pipeline.data.mnist import read_split
+from pipeline.common.params import load_params
 
 
 def main() -> None:

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 
-from pipeline import evaluator, layout, reference, tables, tracking
-from pipeline.console import run_main, stderr
-from pipeline.mnist import load_prepared
-from pipeline.params import load_params
+from pipeline.instrument import evaluator, reference
+from pipeline.common import layout, tables, tracking
+from pipeline.common.console import run_main, stderr
+from pipeline.data.mnist import load_prepared
+from pipeline.common.params import load_params
 from pipeline.reports import output, run_report
 from pipeline.reports.neighbours import nearest_training
 

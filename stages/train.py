@@ -1,11 +1,12 @@
 """DVC stage: train the variant named by `model`, tracked in MLflow, resumable after interruption."""
 
-from pipeline import atomic, evaluator, layout, reference, tables, tracking
-from pipeline.console import progress_bar, run_main
-from pipeline.mnist import load_prepared
-from pipeline.params import load_params
-from pipeline.training_run import checkpoint_path, finish_run, train_tracked
-from pipeline.variants import save_generator
+from pipeline.common import atomic, layout, tables, tracking
+from pipeline.instrument import evaluator, reference
+from pipeline.common.console import progress_bar, run_main
+from pipeline.data.mnist import load_prepared
+from pipeline.common.params import load_params
+from pipeline.gan.training_run import checkpoint_path, finish_run, train_tracked
+from pipeline.gan.variants import save_generator
 
 
 def main() -> None:

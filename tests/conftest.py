@@ -49,8 +49,8 @@ def tiny_params(iterations: int = 60) -> dict:
 @pytest.fixture(scope="session")
 def mnist(tmp_path_factory):
     """The real MNIST dataset, downloaded from the mirror and parsed by ganpipe's own code."""
-    from pipeline.download import download_all
-    from pipeline.mnist import MNIST, read_split
+    from pipeline.data.download import download_all
+    from pipeline.data.mnist import MNIST, read_split
 
     raw = tmp_path_factory.mktemp("raw")
     download_all(raw, [str(mirror_path())], timeout=10, retries=1, backoff=0)
@@ -62,7 +62,7 @@ def mnist(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_mnist(mnist):
     """A 12k-image training subset (and the full test set): enough for metric tests, fast to embed."""
-    from pipeline.mnist import MNIST
+    from pipeline.data.mnist import MNIST
 
     idx = np.random.default_rng(0).permutation(len(mnist.x_train))[:12000]
     return MNIST(mnist.x_train[idx], mnist.y_train[idx], mnist.x_test, mnist.y_test)
@@ -71,7 +71,7 @@ def small_mnist(mnist):
 @pytest.fixture(scope="session")
 def instrument(small_mnist):
     """A quickly trained evaluator (about 98% accurate) and its real-data reference on small_mnist."""
-    from pipeline import evaluator, reference
+    from pipeline.instrument import evaluator, reference
 
     model = evaluator.train_classifier(
         small_mnist.x_train, small_mnist.y_train, epochs=2, batch_size=128, lr=1e-3, seed=0

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.download import PUBLIC_MIRRORS, download_all, fetch_verified, file_url, mirrors_from_env
-from pipeline.errors import GanpipeError
-from pipeline.mnist import FILES
+from pipeline.data.download import PUBLIC_MIRRORS, download_all, fetch_verified, file_url, mirrors_from_env
+from pipeline.common.errors import GanpipeError
+from pipeline.data.mnist import FILES
 
 from .conftest import REPO, mirror_path
 

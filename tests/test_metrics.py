@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.calibration import calibrate
-from pipeline.evaluation import evaluate_images
-from pipeline.params import EvaluateParams
+from pipeline.instrument.calibration import calibrate
+from pipeline.instrument.evaluation import evaluate_images
+from pipeline.common.params import EvaluateParams
 from tests.conftest import repo_params
 
 N = 2000
@@ -85,7 +85,7 @@ def test_missing_digits_are_named_in_the_evidence(measure, mnist):
 def _prototypes(mnist, instrument, per_class: int) -> np.ndarray:
     """N images drawn from `per_class` prototypes of each digit, in equal shares. Prototypes are
     test images the evaluator reads correctly, so the classes themselves stay intact."""
-    from pipeline.evaluator import embed
+    from pipeline.instrument.evaluator import embed
 
     model, _ = instrument
     read_right = embed(model, mnist.x_test).predicted == mnist.y_test
@@ -179,7 +179,7 @@ def test_calibration_thresholds_sit_beyond_every_real_subset(calibration):
 def test_first_collapse_is_losing_a_digit_the_model_had():
     import pandas as pd
 
-    from pipeline.evaluation import first_collapse_step
+    from pipeline.instrument.evaluation import first_collapse_step
 
     curve = pd.DataFrame({"step": [1000, 2000, 3000, 4000], "class_coverage": [4, 10, 8, 10]})
     assert first_collapse_step(curve) == 3000

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import objectives
-from pipeline.networks import N_CLASSES, Discriminator, Generator
-from pipeline.params import VariantParams
-from pipeline.trainer import Trainer
-from pipeline.variants import build
+from pipeline.gan import objectives
+from pipeline.gan.networks import N_CLASSES, Discriminator, Generator
+from pipeline.common.params import VariantParams
+from pipeline.gan.trainer import Trainer
+from pipeline.gan.variants import build
 from tests.conftest import repo_params
 
 

@@ -15,8 +15,8 @@ from typing import Callable
 import pytest
 import yaml
 
-from pipeline.errors import GanpipeError
-from pipeline.params import Params, flatten, load_params, parse_params
+from pipeline.common.errors import GanpipeError
+from pipeline.common.params import Params, flatten, load_params, parse_params
 
 from .conftest import REPO, repo_params
 

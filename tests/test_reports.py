@@ -167,11 +167,12 @@ def workspace(tmp_path_factory, mnist, store):
     import mlflow
     import torch
 
-    from pipeline import atomic, evaluator, layout, reference, tables, tracking
-    from pipeline.calibration import calibrate
-    from pipeline.mnist import MNIST
-    from pipeline.params import flatten, parse_params
-    from pipeline.variants import build, save_generator
+    from pipeline.common import atomic, layout, tables, tracking
+    from pipeline.instrument import evaluator, reference
+    from pipeline.instrument.calibration import calibrate
+    from pipeline.data.mnist import MNIST
+    from pipeline.common.params import flatten, parse_params
+    from pipeline.gan.variants import build, save_generator
     from stages import evaluate as evaluate_stage
     from stages import report as report_stage
 
@@ -284,7 +285,7 @@ def test_report_markdown_links_figures_that_exist_and_all_is_logged_to_mlflow(wo
 
 def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(workspace):
     """A conditional model's grid has row r = digit r, and its samples were asked to be a digit."""
-    from pipeline import evaluator, reference
+    from pipeline.instrument import evaluator, reference
     from pipeline.reports import run_report
     from pipeline.reports.document import to_html
     from pipeline.reports.neighbours import nearest_training
@@ -327,8 +328,8 @@ def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(wo
 
 
 def _evaluation(fld: float, coverage: int, kind: str) -> dict:
-    """An evaluation result with every key the evaluate stage logs (pipeline.evaluation.SCALARS)."""
-    from pipeline.evaluation import SCALARS
+    """An evaluation result with every key the evaluate stage logs (pipeline.instrument.evaluation.SCALARS)."""
+    from pipeline.instrument.evaluation import SCALARS
 
     result = {k: 0.5 for k in SCALARS}
     result.update(n_samples=200, fld=fld, class_coverage=coverage, label_accuracy=None, first_collapse_iteration=None)
@@ -342,9 +343,10 @@ def _log_pipeline_run(root: Path, model: str, seed: int, evaluation: dict | None
     """Log one run the way stages.train (train_tracked, finish_run) and stages.evaluate do."""
     import mlflow
 
-    from pipeline import sampling, tracking
-    from pipeline.evaluation import metrics_for_dvc
-    from pipeline.params import flatten, parse_params
+    from pipeline.gan import sampling
+    from pipeline.common import tracking
+    from pipeline.instrument.evaluation import metrics_for_dvc
+    from pipeline.common.params import flatten, parse_params
 
     raw = tiny_params()
     raw.update(model=model, seed=seed)
@@ -531,7 +533,7 @@ def test_compare_on_a_missing_store_says_so_and_creates_nothing(tmp_path, monkey
 
 
 def test_compare_on_an_empty_store_says_so(tmp_path, monkeypatch):
-    from pipeline import tracking
+    from pipeline.common import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     tracking.connect(tmp_path)  # the store and the ganpipe experiment exist, without a single run

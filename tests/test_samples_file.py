@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import samples_file
+from pipeline.instrument import samples_file
 from pipeline.cli import app
-from pipeline.mnist import read_split
+from pipeline.data.mnist import read_split
 
 from .conftest import REPO, mirror_path
 

@@ -1,4 +1,4 @@
-"""The reports' charts: matplotlib figures returned as PNG bytes (see pipeline.figures)."""
+"""The reports' charts: matplotlib figures returned as PNG bytes (see pipeline.reports.figures)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.figures import figure_png, pyplot
+from pipeline.reports.figures import figure_png, pyplot
 
 WIDE = (10.0, 3.4)  # inches; 1000 px at the figures' dpi
 REAL_COLOUR, SAMPLE_COLOUR = "#8c959f", "#0969da"

@@ -14,7 +14,7 @@ from typing import Iterator, Literal, Union
 
 import pandas as pd
 
-from pipeline.figures import data_uri, png_size
+from pipeline.reports.figures import data_uri, png_size
 
 MISSING = "—"  # how an absent value (no reference, not applicable) is shown
 

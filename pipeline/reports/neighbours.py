@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import GanpipeError
-from pipeline.evaluator import MnistCNN, embed
-from pipeline.metrics.neighbours import nearest
-from pipeline.reference import Reference
+from pipeline.common.errors import GanpipeError
+from pipeline.instrument.evaluator import MnistCNN, embed
+from pipeline.instrument.metrics.neighbours import nearest
+from pipeline.instrument.reference import Reference
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import atomic
+from pipeline.common import atomic
 from pipeline.reports.document import Document, to_html, to_markdown
 
 

@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from pipeline import tracking
-from pipeline.errors import GanpipeError
+from pipeline.common import tracking
+from pipeline.common.errors import GanpipeError
 
 HISTORY_KEYS = ("d_loss", "g_loss", "w_estimate", "train_fld", "train_class_coverage", "train_class_kl")
 _FIX = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.metrics.neighbours import kth_distances
+from pipeline.instrument.metrics.neighbours import kth_distances
 
 
 def nearest_train_distances(features: np.ndarray, train_features: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.networks import N_CLASSES, Generator
+from pipeline.gan.networks import N_CLASSES, Generator
 
 GRID_ROWS = GRID_COLS = 10
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import GanpipeError
+from pipeline.common.errors import GanpipeError
 
 EXPECTED = (
     "Expected an .npz holding `images` shaped (N, 28, 28), (N, 1, 28, 28) or (N, 784), uint8 in [0, 255] "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.metrics.neighbours import kth_distances, sq_distance_chunks
+from pipeline.instrument.metrics.neighbours import kth_distances, sq_distance_chunks
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int, real_radii: np.ndarray | None = None) -> dict[str, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import GanpipeError
+from pipeline.common.errors import GanpipeError
 
 # name -> MD5 of the decompressed IDX payload (see ../shared/mnist/README.md)
 FILES: dict[str, str] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic
+from pipeline.common import atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DPI = 100  # figure sizes are given in inches; at 100 dpi an 8-inch chart is 800 px wide

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic
-from pipeline.errors import GanpipeError
-from pipeline.evaluator import MnistCNN, embed
-from pipeline.metrics import classes, diversity, frechet, memorisation, ndb
-from pipeline.mnist import MNIST
+from pipeline.common import atomic
+from pipeline.common.errors import GanpipeError
+from pipeline.instrument.evaluator import MnistCNN, embed
+from pipeline.instrument.metrics import classes, diversity, frechet, memorisation, ndb
+from pipeline.data.mnist import MNIST
 
 
 @dataclass

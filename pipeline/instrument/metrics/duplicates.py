@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.metrics.neighbours import kth_distances, sq_distance_chunks
+from pipeline.instrument.metrics.neighbours import kth_distances, sq_distance_chunks
 
 
 def nearest_distances(features: np.ndarray) -> np.ndarray:

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluator import Embedding, MnistCNN, embed
-from pipeline.metrics import classes, diversity, duplicates, frechet, memorisation, ndb, prdc, verdict
-from pipeline.metrics.neighbours import kth_distances
-from pipeline.params import EvaluateParams
-from pipeline.reference import Reference
+from pipeline.instrument.evaluator import Embedding, MnistCNN, embed
+from pipeline.instrument.metrics import classes, diversity, duplicates, frechet, memorisation, ndb, prdc, verdict
+from pipeline.instrument.metrics.neighbours import kth_distances
+from pipeline.common.params import EvaluateParams
+from pipeline.instrument.reference import Reference
 
 def prdc_real_subset(ref: Reference, n: int, seed: int) -> np.ndarray:
     """Indices of the fixed real subset that precision/recall/density/coverage compare against."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
 
-from pipeline.errors import GanpipeError
+from pipeline.common.errors import GanpipeError
 
 EXPERIMENT = "ganpipe"
 T = TypeVar("T")

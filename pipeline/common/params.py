@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from pipeline import params_errors
-from pipeline.errors import GanpipeError
+from pipeline.common import params_errors
+from pipeline.common.errors import GanpipeError
 
 
 def _not_a_bool(value: Any) -> Any:

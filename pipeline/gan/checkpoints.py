@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from pipeline import atomic
-from pipeline.params import Params
+from pipeline.common import atomic
+from pipeline.common.params import Params
 
 
 def fingerprint(params: Params, device: torch.device) -> str:

@@ -11,12 +11,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.errors import GanpipeError
-from pipeline.evaluation import measure, prdc_real_subset, prdc_reference
-from pipeline.evaluator import Embedding
-from pipeline.metrics import duplicates
-from pipeline.params import EvaluateParams
-from pipeline.reference import Reference
+from pipeline.common.errors import GanpipeError
+from pipeline.instrument.evaluation import measure, prdc_real_subset, prdc_reference
+from pipeline.instrument.evaluator import Embedding
+from pipeline.instrument.metrics import duplicates
+from pipeline.common.params import EvaluateParams
+from pipeline.instrument.reference import Reference
 
 CALIBRATED = (
     "fld", "kid", "class_kl", "mnist_score", "mean_confidence", "precision", "recall", "density",

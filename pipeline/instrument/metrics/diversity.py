@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.metrics.classes import N_CLASSES
+from pipeline.instrument.metrics.classes import N_CLASSES
 
 MAX_PER_CLASS = 1000  # pairwise distances of 1000 points estimate the mean well and stay cheap
 

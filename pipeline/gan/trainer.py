@@ -17,9 +17,9 @@ from typing import Callable
 
 import torch
 
-from pipeline.networks import N_CLASSES
-from pipeline.objectives import clip_weights_
-from pipeline.variants import GanParts
+from pipeline.gan.networks import N_CLASSES
+from pipeline.gan.objectives import clip_weights_
+from pipeline.gan.variants import GanParts
 
 
 class NonFiniteTraining(Exception):

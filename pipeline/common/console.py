@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from pipeline.errors import GanpipeError
+from pipeline.common.errors import GanpipeError
 
 stderr = Console(stderr=True)
 

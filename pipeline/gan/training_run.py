@@ -14,14 +14,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipeline import checkpoints, devices, evaluation, sampling, tracking
-from pipeline.errors import TrainingDiverged
-from pipeline.evaluator import MnistCNN
-from pipeline.mnist import MNIST
-from pipeline.params import Params, flatten
-from pipeline.reference import Reference
-from pipeline.trainer import Hooks, NonFiniteTraining, Schedule, Trainer, fit
-from pipeline.variants import build
+from pipeline.gan import checkpoints, sampling
+from pipeline.common import devices, tracking
+from pipeline.instrument import evaluation
+from pipeline.common.errors import TrainingDiverged
+from pipeline.instrument.evaluator import MnistCNN
+from pipeline.data.mnist import MNIST
+from pipeline.common.params import Params, flatten
+from pipeline.instrument.reference import Reference
+from pipeline.gan.trainer import Hooks, NonFiniteTraining, Schedule, Trainer, fit
+from pipeline.gan.variants import build
 
 GRID_SEED_OFFSET = 1_000_003  # the fixed-noise grid uses its own stream, apart from training draws
 

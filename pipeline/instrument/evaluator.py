@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import GanpipeError
+from pipeline.common.errors import GanpipeError
 
 FEATURE_DIM = 128
 
@@ -111,7 +111,7 @@ def accuracy(model: MnistCNN, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def save(model: MnistCNN, path: Path) -> None:
-    from pipeline import atomic
+    from pipeline.common import atomic
 
     atomic.save_torch(path, model.state_dict())
 

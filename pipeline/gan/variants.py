@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.networks import Discriminator, Generator
-from pipeline.objectives import OBJECTIVES, Objective
-from pipeline.params import VariantParams
+from pipeline.gan.networks import Discriminator, Generator
+from pipeline.gan.objectives import OBJECTIVES, Objective
+from pipeline.common.params import VariantParams
 
 
 @dataclass
@@ -58,7 +58,7 @@ def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
 
 def save_generator(path, generator: Generator, variant: VariantParams) -> None:
     """The trained generator with the preset that built it, so it can be rebuilt anywhere."""
-    from pipeline import atomic
+    from pipeline.common import atomic
 
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     atomic.save_torch(path, {"variant": variant.model_dump(mode="json"), "state_dict": state})
@@ -67,7 +67,7 @@ def save_generator(path, generator: Generator, variant: VariantParams) -> None:
 def load_generator(path) -> tuple[Generator, VariantParams]:
     from pathlib import Path
 
-    from pipeline.errors import GanpipeError
+    from pipeline.common.errors import GanpipeError
 
     if not Path(path).is_file():
         raise GanpipeError(

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline import atomic
-from pipeline.errors import GanpipeError
-from pipeline.mnist import FILES, payload_md5
+from pipeline.common import atomic
+from pipeline.common.errors import GanpipeError
+from pipeline.data.mnist import FILES, payload_md5
 
 PUBLIC_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",

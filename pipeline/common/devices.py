@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.errors import GanpipeError
+from pipeline.common.errors import GanpipeError
 
 
 def resolve(name: str) -> torch.device:

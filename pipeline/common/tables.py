@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import atomic
+from pipeline.common import atomic
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

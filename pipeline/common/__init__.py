@@ -1,0 +1,1 @@
+"""Shared plumbing: params validation, MLflow tracking, repository layout, atomic writes, console, errors."""

@@ -1,0 +1,1 @@
+"""Getting MNIST: mirrors and verified download, IDX parsing, the prepared arrays."""

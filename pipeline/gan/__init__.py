@@ -1,0 +1,1 @@
+"""The GANs: networks, objectives, the variant registry, the trainer, checkpoints and sampling."""

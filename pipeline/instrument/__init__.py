@@ -1,0 +1,1 @@
+"""The collapse instrument: the evaluator classifier, the real reference, calibration, metrics and the verdict."""
