@@ -30,12 +30,15 @@ def evaluate(
     samples: Path = typer.Option(..., "--samples", help="An .npz with `images` (and optional `labels`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="The params.yaml holding the evaluate settings."),
+    dataset: str = typer.Option(
+        "mnist", "--dataset", help="mnist, or stacked-mnist for (N, 3, 28, 28) samples (adds modes_captured, mode_kl)."
+    ),
 ) -> None:
     """Run the mode-collapse instrument on a sample file; print one JSON object."""
     from pipeline.common import atomic
 
     try:
-        result = evaluate_file(samples, params_file)
+        result = evaluate_file(samples, params_file, dataset)
     except GanpipeError as exc:
         _fail(exc)
     text = json.dumps(result, indent=2)
@@ -44,7 +47,7 @@ def evaluate(
     typer.echo(text)
 
 
-def evaluate_file(samples: Path, params_file: Path) -> dict:
+def evaluate_file(samples: Path, params_file: Path, dataset: str = "mnist") -> dict:
     from pipeline.instrument import evaluator, reference, samples_file
     from pipeline.common import layout
     from pipeline.instrument.calibration import calibrate
@@ -55,7 +58,13 @@ def evaluate_file(samples: Path, params_file: Path) -> dict:
     root = _root()
     params_path = params_file if params_file.is_absolute() or params_file.exists() else root / params_file
     params = load_params(params_path)
-    images, labels = samples_file.load(samples)  # validate before loading anything heavy
+    if dataset not in ("mnist", "stacked-mnist"):
+        raise GanpipeError(f"--dataset {dataset!r} is not known; use mnist or stacked-mnist.")
+    # validate before loading anything heavy
+    if dataset == "stacked-mnist":
+        images, labels = samples_file.load_stacked(samples), None
+    else:
+        images, labels = samples_file.load(samples)
     classifier = evaluator.load(root / layout.CLASSIFIER)
     ref = reference.load(root / layout.REFERENCE)
     cal_path = root / layout.CALIBRATION
@@ -69,6 +78,11 @@ def evaluate_file(samples: Path, params_file: Path) -> dict:
             calibration = calibrate(ref, load_prepared(root / layout.PREPARED).x_train, settings, params.evaluator.seed)
     else:
         settings = params.evaluate
+    if dataset == "stacked-mnist":
+        from pipeline.instrument.stacked import evaluate_stacked
+
+        with stderr.status(f"measuring {len(images)} stacked samples"):
+            return evaluate_stacked(images, classifier, ref, calibration, settings, params.evaluator.seed)
     with stderr.status(f"measuring {len(images)} samples"):
         return evaluate_images(images, labels, classifier, ref, calibration, settings, params.evaluator.seed)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 RAW_DIR = Path("data/raw")
 PREPARED = Path("data/prepared/mnist.npz")
+STACKED = Path("data/prepared/stacked_mnist.npz")  # index triples into PREPARED's training images
 
 EVALUATOR_DIR = Path("outputs/evaluator")
 CLASSIFIER = EVALUATOR_DIR / "classifier.pt"
@@ -24,6 +25,7 @@ EVALUATE_DIR = Path("outputs/evaluate")
 SAMPLES = EVALUATE_DIR / "samples.npz"
 SAMPLE_GRID = EVALUATE_DIR / "sample_grid.png"
 CLASS_HISTOGRAM = EVALUATE_DIR / "class_histogram.csv"
+MODE_HISTOGRAM = EVALUATE_DIR / "mode_histogram.csv"  # Stacked MNIST: samples per digit triple
 
 METRICS_DIR = Path("metrics")
 EVALUATOR_METRICS = METRICS_DIR / "evaluator.json"

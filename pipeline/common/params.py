@@ -143,6 +143,14 @@ class EvaluateParams(Strict):
     verdict: VerdictParams
 
 
+class StackedMNISTParams(Strict):
+    """Stacked MNIST (three MNIST digits as the channels of one image; 1,000 modes)."""
+
+    size: PositiveInt  # training images built (VEEGAN and PacGAN: 128,000)
+    seed: NonNegativeInt  # which MNIST images fill each channel
+    eval_samples: PositiveInt  # samples whose modes are counted (VEEGAN and PacGAN: 26,000)
+
+
 class ReportParams(Strict):
     neighbour_panel: PositiveInt
 
@@ -150,6 +158,8 @@ class ReportParams(Strict):
 class Params(Strict):
     model: Annotated[str, Field(description="the name of one of the presets under `variants`")]
     seed: NonNegativeInt
+    dataset: Literal["mnist", "stacked-mnist"]
+    stacked_mnist: StackedMNISTParams
     download: DownloadParams
     evaluator: EvaluatorParams
     train: TrainParams

@@ -173,3 +173,54 @@ def _check_labels(path: Path, labels: np.ndarray | None, n: int) -> np.ndarray |
             f"`labels` range from {int(low)} to {int(high)}: {n_bad} of them are outside the digits 0-9",
         )
     return values.astype(np.int64)
+
+
+STACKED_EXPECTED = (
+    "Expected (for --dataset stacked-mnist) an .npz holding `images` shaped (N, 3, 28, 28): three MNIST "
+    "digits as the channels of each sample, uint8 in [0, 255] or float in [0, 1]; e.g. "
+    "np.savez('samples.npz', images=images)."
+)
+
+
+def load_stacked(path: str | Path) -> np.ndarray:
+    """Stacked MNIST samples as (N, 3, 28, 28) float32 in [0, 1]; refused like `load` otherwise."""
+    path = Path(path)
+    try:
+        images, labels = _load_any_shape(path)
+    except GanpipeError as exc:
+        raise GanpipeError(str(exc).replace(EXPECTED, STACKED_EXPECTED)) from None
+    bad = lambda problem: GanpipeError(f"{path}: {problem}. {STACKED_EXPECTED}")  # noqa: E731
+    shape = tuple(images.shape)
+    if labels is not None:
+        raise bad("it holds `labels`, but Stacked MNIST samples are unconditional; drop the `labels` array")
+    if images.ndim == 0 or shape[0] == 0 or shape[1:] != (3, 28, 28):
+        hint = ""
+        if shape[1:] == (28, 28, 3):
+            hint = " (channels-last? move the channel axis: images.transpose(0, 3, 1, 2))"
+        elif shape[1:] in SHAPES:
+            hint = " (one channel: these look like plain MNIST samples; drop --dataset stacked-mnist)"
+        raise bad(f"`images` has shape {shape}, not (N, 3, 28, 28){hint}")
+    try:
+        flat = _check_images(path, images.reshape(shape[0] * 3, 28, 28))
+    except GanpipeError as exc:
+        raise GanpipeError(str(exc).replace(EXPECTED, STACKED_EXPECTED)) from None
+    return flat.reshape(shape[0], 3, 28, 28)
+
+
+def _load_any_shape(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The raw `images` (and `labels`) arrays of a checked .npz, before any shape check."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise GanpipeError(f"{path} {what}. Pass the path of an .npz sample file. {EXPECTED}")
+    _check_container(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise _bad(path, f"is a damaged or incomplete .npz archive that cannot be opened ({_reason(exc)})") from None
+    with archive:
+        if "images" not in archive.files:
+            held = ", ".join(f"`{k}`" for k in archive.files) or "no arrays at all"
+            raise _bad(path, f"has no `images` array (it holds {held})")
+        images = _read_member(path, archive, "images")
+        labels = _read_member(path, archive, "labels") if "labels" in archive.files else None
+    return images, labels
