@@ -6,8 +6,6 @@ MNIST is 784-pixel rows; Stacked MNIST is 3 x 784-pixel rows gathered from those
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -28,17 +26,16 @@ def check(dataset: str, model: str, conditional: bool) -> None:
         )
 
 
-def training_rows(dataset: str, data: MNIST, stacked_path: Path, device: torch.device):
-    """(rows, labels) for the trainer: rows index like an (N, C*784) float tensor in [0, 1] on `device`;
-    labels (N,) int64 (all zero for Stacked MNIST, which has no single label)."""
+def training_rows(data: MNIST, device: torch.device, stacked: stacked_mnist.StackedMNIST | None = None):
+    """(rows, labels) for the trainer: rows index like an (N, C*784) float tensor in [0, 1] on `device`.
+    MNIST without `stacked`; with it, Stacked MNIST, whose labels (N,) are all zero (no single label)."""
     mnist_rows = devices.images_to_device(data.x_train, device)
     labels = torch.from_numpy(data.y_train.astype(np.int64)).to(device)
-    if dataset == "mnist":
+    if stacked is None:
         return mnist_rows, labels
-    stacked = stacked_mnist.load(stacked_path)
     if len(stacked) and int(stacked.indices.max()) >= len(mnist_rows):
         raise GanpipeError(
-            f"{stacked_path} points past the {len(mnist_rows)} prepared MNIST training images; it was built from "
+            f"the Stacked MNIST index file points past the {len(mnist_rows)} prepared MNIST training images; it was built from "
             "another dataset. Run `dvc repro stack` to rebuild it."
         )
     return stacked_mnist.StackedRows(mnist_rows, stacked.indices), torch.zeros(len(stacked), dtype=torch.int64, device=device)
