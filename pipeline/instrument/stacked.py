@@ -69,6 +69,8 @@ def evaluate_stacked(
         values = [ch[key] for ch in channels if ch.get(key) is not None]
         if key != "n_samples":
             result[key] = float(np.mean(values)) if values else None
+    for key in ("class_shares", "class_share_ratios"):  # digit histograms pooled over the channels
+        result[key] = np.mean([ch[key] for ch in channels], axis=0).round(6).tolist()
     result["collapse"] = _combined_verdict(channels)
     result["channels"] = channels
     result["mode_counts"] = counts.tolist()
