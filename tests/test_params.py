@@ -20,7 +20,7 @@ from pipeline.common.params import Params, flatten, load_params, parse_params
 
 from .conftest import REPO, repo_params
 
-STAGES = ["download", "prepare", "evaluator", "calibrate", "train", "evaluate", "report"]
+STAGES = ["download", "prepare", "stack", "evaluator", "calibrate", "train", "evaluate", "report"]
 FIX = "Fix params.yaml (or the `-S key=value` you passed to `dvc exp run`) and run again."
 
 
