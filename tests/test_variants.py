@@ -253,3 +253,26 @@ def test_every_new_preset_trains_through_the_train_stage(tmp_path, monkeypatch, 
         y = onehot(4) if saved.conditional else None
         images = generator(z, y)
         assert images.shape == (4, 784) and 0 <= images.min() and images.max() <= 1, name
+
+
+def test_the_penalty_under_vmap_with_an_outer_backward_equals_each_replicas_own():
+    # The replica trainer's pattern: vmap the critic loss over stacked leaf params, then .sum().backward().
+    v, replicas, b = variant("wgan-gp", hidden=16), 3, 4
+    torch.manual_seed(0)
+    nets = [build_critic(v) for _ in range(replicas)]
+    params, buffers = stack_module_state(nets)
+    base = copy.deepcopy(nets[0]).to("meta")
+    real, fake, eps = torch.rand(replicas, b, 784), torch.rand(replicas, b, 784), torch.rand(replicas, b, 1)
+
+    def critic_loss(p, bufs, real, fake, eps):
+        critic = lambda x, y: functional_call(base, (p, bufs), (x, y))  # noqa: E731
+        d_real, d_fake = critic(torch.cat([real, fake]), None).chunk(2)
+        return objectives.wasserstein_critic_loss(d_real, d_fake) + 10 * objectives.gradient_penalty(
+            critic, real, fake, None, eps
+        )
+
+    vmap(critic_loss)(params, buffers, real, fake, eps).sum().backward()
+    for r, net in enumerate(nets):
+        own = torch.autograd.grad(critic_loss(dict(net.named_parameters()), {}, real[r], fake[r], eps[r]), list(net.parameters()))
+        for (key, _), g in zip(net.named_parameters(), own):
+            torch.testing.assert_close(params[key].grad[r], g)
