@@ -19,6 +19,8 @@ def main() -> None:
     with stderr.status("finding the samples' nearest training images"):
         with np.load(layout.SAMPLES) as f:
             samples, labels = f["images"], (f["labels"] if "labels" in f else None)
+        if samples.ndim == 4:  # Stacked MNIST (N, 3, 28, 28): each channel beside its nearest training digit
+            samples = samples.reshape(-1, 28, 28)
         ref = reference.load(layout.REFERENCE)
         panel = nearest_training(
             samples,

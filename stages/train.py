@@ -3,6 +3,7 @@
 from pipeline.common import atomic, layout, tables, tracking
 from pipeline.instrument import evaluator, reference
 from pipeline.common.console import progress_bar, run_main
+from pipeline.data import stacked_mnist, training_set
 from pipeline.data.mnist import load_prepared
 from pipeline.common.params import load_params
 from pipeline.gan.training_run import checkpoint_path, finish_run, train_tracked
@@ -13,14 +14,17 @@ def main() -> None:
     params = load_params()
     root = layout.repo_root()
     tracking.check_store(tracking.tracking_uri(root))  # a bad MLFLOW_TRACKING_URI fails before any loading
+    training_set.check(params.dataset, params.model, params.variant.conditional)
     data = load_prepared(layout.PREPARED)
+    stacked = stacked_mnist.load(layout.STACKED) if params.dataset == "stacked-mnist" else None
     classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
     with progress_bar() as bar:
         task = bar.add_task(f"train {params.model}", total=params.variant.iterations)
         result = train_tracked(
-            params, root, data, classifier, ref, progress=lambda done, total: bar.update(task, completed=done)
+            params, root, data, classifier, ref, progress=lambda done, total: bar.update(task, completed=done),
+            stacked=stacked,
         )
-    save_generator(layout.GENERATOR, result.generator, params.variant)
+    save_generator(layout.GENERATOR, result.generator, params.variant, training_set.CHANNELS[params.dataset])
     tables.write_csv(layout.LOSS_HISTORY, result.losses)
     tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
     atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id})

@@ -5,6 +5,7 @@ Real MNIST from the mirror and the `instrument` fixture's evaluator (about 98% a
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -147,3 +148,65 @@ def test_stacked_values_and_labels_are_checked(tmp_path):
     np.savez(path, images=np.full((4, 3, 28, 28), 255, np.uint8))
     loaded = samples_file.load_stacked(path)
     assert loaded.shape == (4, 3, 28, 28) and loaded.dtype == np.float32 and loaded.max() == 1.0
+
+
+# --- training on Stacked MNIST -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["vanilla", "pacdcgan2"])
+def test_a_few_iterations_train_3_channel_nets_whose_samples_the_counter_reads(preset, instrument, small_mnist, tmp_path):
+    import torch
+
+    from pipeline.common.params import load_params
+    from pipeline.data.training_set import training_rows
+    from pipeline.gan import sampling
+    from pipeline.gan.trainer import Trainer
+    from pipeline.gan.variants import build, load_generator, save_generator
+    from pipeline.instrument.stacked import quick_modes
+
+    model, _ = instrument
+    variant = load_params(REPO / "params.yaml").variants[preset]
+    stacked = stacked_mnist.build(small_mnist.y_train, 2000, seed=0)
+    rows, labels = training_rows(small_mnist, torch.device("cpu"), stacked)
+    assert rows.shape == (2000, 3 * 784) and rows[torch.tensor([5])].shape == (1, 3 * 784)
+    trainer = Trainer(build(variant, torch.device("cpu"), 11, channels=3), rows, labels, seed=11)
+    trainer.advance(3)
+    assert np.isfinite(trainer.read_losses()["d_loss"])
+    generator = trainer.parts.generator
+    save_generator(tmp_path / "g.pt", generator, variant, channels=3)
+    loaded, _ = load_generator(tmp_path / "g.pt")
+    images = sampling.sample(loaded, 50, seed=0)
+    assert images.shape == (50, 3, 28, 28)
+    assert np.array_equal(images, sampling.sample(generator, 50, seed=0))
+    assert sampling.sample_grid(loaded, seed=0).shape[2:] == (3,)  # a colour grid
+    quick = quick_modes(model, images)
+    assert 1 <= quick["modes_captured"] <= 50 and 0 <= quick["mode_kl"] <= math.log(1000)
+
+
+def test_a_conditional_preset_is_refused_for_stacked_mnist():
+    from pipeline.data.training_set import check
+
+    with pytest.raises(GanpipeError, match="no single label"):
+        check("stacked-mnist", "cgan", conditional=True)
+    check("mnist", "cgan", conditional=True)  # fine on MNIST
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_on_stacked_mnist_reports_modes_in_metrics_and_mlflow(tmp_path, shared_cache):
+    from .conftest import dvc, new_repo, runs
+
+    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    dvc(repo, "exp", "run", "-S", "dataset=stacked-mnist", "-S", "model=dcgan", timeout=1200)
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 1 <= metrics["modes_captured"] <= 1000 and 0 <= metrics["mode_kl"] <= math.log(1000) + 1e-9
+    assert metrics["real_modes_captured"] > 550  # 1,000 real samples over 1,000 modes: about 632 expected
+    assert "fld" in metrics and "class_coverage" in metrics
+    with np.load(repo / "outputs/evaluate/samples.npz") as f:
+        assert f["images"].shape == (1000, 3, 28, 28)
+    histogram = (repo / "outputs/evaluate/mode_histogram.csv").read_text().splitlines()
+    assert histogram[0].startswith("mode,samples,uniform") and len(histogram) == 1 + 1000
+    assert (repo / "reports/report.html").is_file()
+    (run,) = runs(repo)
+    assert run.data.params["dataset"] == "stacked-mnist"
+    assert run.data.metrics["eval_modes_captured"] == metrics["modes_captured"]
+    assert run.data.metrics["eval_mode_kl"] == pytest.approx(metrics["mode_kl"])

@@ -19,7 +19,11 @@ from pipeline.common import devices, tracking
 from pipeline.instrument import evaluation
 from pipeline.common.errors import TrainingDiverged
 from pipeline.instrument.evaluator import MnistCNN
+from pipeline.instrument.stacked import quick_modes
 from pipeline.data.mnist import MNIST
+from pipeline.data.stacked_mnist import StackedMNIST
+from pipeline.data.training_set import training_rows
+from pipeline.gan.networks import IMAGE_DIM
 from pipeline.common.params import Params, flatten
 from pipeline.instrument.reference import Reference
 from pipeline.gan.trainer import Hooks, NonFiniteTraining, Schedule, Trainer, fit
@@ -52,7 +56,9 @@ def train_tracked(
     classifier: MnistCNN,
     ref: Reference,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    stacked: StackedMNIST | None = None,
 ) -> RunResult:
+    """With `stacked` (the `stack` stage's index triples) the training set is Stacked MNIST."""
     import mlflow
 
     v, t = params.variant, params.train
@@ -62,9 +68,8 @@ def train_tracked(
     saved = checkpoints.load(ckpt_path, fp)
     experiment_id = tracking.connect(root)  # fails fast on a bad MLFLOW_TRACKING_URI
 
-    images = devices.images_to_device(data.x_train, device)
-    labels = torch.from_numpy(data.y_train.astype(np.int64)).to(device)
-    parts = build(v, device, params.seed)
+    images, labels = training_rows(data, device, stacked)
+    parts = build(v, device, params.seed, channels=images.shape[1] // IMAGE_DIM)
     if t.compile:
         parts.generator.compile()
         parts.critic.compile()
@@ -102,6 +107,8 @@ def train_tracked(
     def on_eval(step: int) -> None:
         imgs = sampling.sample(parts.generator, eval_n, seed=params.seed + step, labels=eval_labels)
         quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
+        if stacked is not None:  # the digits above are pooled over channels; modes count the triples
+            quick.update(quick_modes(classifier, imgs))
         result.collapse_curve.append({"step": step, **quick})
         metrics.add(step, {f"train_{k}": val for k, val in quick.items()})
 

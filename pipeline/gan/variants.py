@@ -54,13 +54,14 @@ def build_critic(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.M
     return spectral_norm_every_layer(critic) if variant.spectral_norm else critic
 
 
-def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
-    """Networks initialised from `seed` (independently of the global RNG) and their optimisers."""
+def build(variant: VariantParams, device: torch.device, seed: int, channels: int = MNIST_CHANNELS) -> GanParts:
+    """Networks for images of `channels` channels (3: Stacked MNIST), initialised from `seed`
+    (independently of the global RNG), and their optimisers."""
     objective = OBJECTIVES[variant.objective]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        generator = build_generator(variant)
-        critic = build_critic(variant)
+        generator = build_generator(variant, channels)
+        critic = build_critic(variant, channels)
     generator.to(device)
     critic.to(device)
     return GanParts(
@@ -73,12 +74,12 @@ def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
     )
 
 
-def save_generator(path, generator: nn.Module, variant: VariantParams) -> None:
-    """The trained generator with the preset that built it, so it can be rebuilt anywhere."""
+def save_generator(path, generator: nn.Module, variant: VariantParams, channels: int = MNIST_CHANNELS) -> None:
+    """The trained generator with the preset and channel count that built it, so it can be rebuilt anywhere."""
     from pipeline.common import atomic
 
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    atomic.save_torch(path, {"variant": variant.model_dump(mode="json"), "state_dict": state})
+    atomic.save_torch(path, {"variant": variant.model_dump(mode="json"), "state_dict": state, "channels": channels})
 
 
 def load_generator(path) -> tuple[nn.Module, VariantParams]:
@@ -93,7 +94,7 @@ def load_generator(path) -> tuple[nn.Module, VariantParams]:
         )
     saved = torch.load(path, map_location="cpu", weights_only=True)
     variant = VariantParams.model_validate(saved["variant"])
-    generator = build_generator(variant)
+    generator = build_generator(variant, saved.get("channels", MNIST_CHANNELS))  # no key: an MNIST generator
     generator.load_state_dict(saved["state_dict"])
     generator.eval()
     return generator, variant

@@ -155,6 +155,9 @@ def metrics_for_dvc(result: dict[str, Any]) -> dict[str, Any]:
     """Numbers only (DVC's metrics views and MLflow metrics take numbers): scalars plus the verdict."""
     out = {k: round(float(result[k]), 6) for k in SCALARS if result.get(k) is not None}
     out["collapse_detected"] = int(result["collapse"]["detected"])
+    for key in ("modes_captured", "mode_kl"):  # Stacked MNIST results (pipeline/instrument/stacked.py)
+        if result.get(key) is not None:
+            out[key] = round(float(result[key]), 6)
     if result.get("first_collapse_iteration") is not None:
         out["first_collapse_iteration"] = result["first_collapse_iteration"]
     return out

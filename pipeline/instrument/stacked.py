@@ -31,6 +31,12 @@ def channel_digits(model: MnistCNN, images: np.ndarray) -> np.ndarray:
     return embed(model, images.reshape(n * CHANNELS, 28, 28)).predicted.reshape(n, CHANNELS)
 
 
+def quick_modes(model: MnistCNN, images: np.ndarray) -> dict[str, float]:
+    """The in-training check for Stacked MNIST: modes_captured and mode_kl of a sample batch."""
+    counts = modes.mode_counts(channel_digits(model, images))
+    return {"modes_captured": modes.modes_captured(counts), "mode_kl": modes.mode_kl(counts)}
+
+
 def real_mode_baseline(ref: Reference, n: int) -> dict[str, float]:
     """modes_captured and mode_kl of n real stacked test images as the evaluator reads them: what a
     perfect generator would score at this sample count (classifier errors included)."""
@@ -86,20 +92,28 @@ def _combined_verdict(channels: list[dict[str, Any]]) -> dict[str, Any]:
     return {"detected": kind != "none", "kind": kind, "evidence": evidence}
 
 
-def metrics_for_dvc(result: dict[str, Any]) -> dict[str, Any]:
-    """The MNIST keys (channel means) plus the mode count, numbers only."""
-    from pipeline.instrument.evaluation import metrics_for_dvc as mnist_metrics
-
-    out = mnist_metrics(result)
-    out["n_samples"] = result["n_samples"]
-    for key in ("modes_captured", "mode_kl", "real_modes_captured", "real_mode_kl"):
-        out[key] = round(float(result[key]), 6) if "kl" in key else int(result[key])
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What evaluate.json adds for Stacked MNIST: the median and IQR over replicas of the mode count
+    and KL, and the real-data values at the same sample count."""
+    out: dict[str, Any] = {}
+    for key in ("modes_captured", "mode_kl"):
+        values = [r[key] for r in results]
+        if values:
+            q1, median, q3 = np.percentile(values, [25, 50, 75])
+            out[key], out[f"{key}_iqr"] = round(float(median), 6), round(float(q3 - q1), 6)
+    if results:
+        out["real_modes_captured"] = results[0]["real_modes_captured"]
+        out["real_mode_kl"] = round(results[0]["real_mode_kl"], 6)
     return out
 
 
-def histogram_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-mode histogram for `dvc plots`: one row per mode (000-999), samples per mode and the
-    uniform expectation."""
-    counts = result["mode_counts"]
-    expected = sum(counts) / N_MODES
-    return [{"mode": m, "samples": c, "uniform": round(expected, 3)} for m, c in enumerate(counts)]
+def histogram_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-mode histogram for `dvc plots`: one row per mode (000-999) with the mean share over
+    replicas, each replica's share, and the uniform share 0.001."""
+    shares = [np.asarray(r["mode_counts"], dtype=np.float64) / max(sum(r["mode_counts"]), 1) for r in results]
+    rows = []
+    for m in range(N_MODES):
+        row = {"mode": m, "samples": round(float(np.mean([s[m] for s in shares])), 6), "uniform": 1.0 / N_MODES}
+        row.update({f"replica_{i}": round(float(s[m]), 6) for i, s in enumerate(shares)})
+        rows.append(row)
+    return rows
