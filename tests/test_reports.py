@@ -196,10 +196,11 @@ def workspace(tmp_path_factory, mnist, store):
         classifier = evaluator.train_classifier(
             data.x_train[:1000], data.y_train[:1000], epochs=1, batch_size=64, lr=2e-3, seed=0
         )
-        ref = reference.build(classifier, data, ndb_bins=10, kmeans_fit_size=1000, seed=0)
+        heldout = np.arange(len(data.x_train)) >= 2000  # unseen by the classifier: part of the real baseline pool
+        ref = reference.build(classifier, data, heldout=heldout, ndb_bins=10, kmeans_fit_size=1000, seed=0)
         evaluator.save(classifier, layout.CLASSIFIER)
         reference.save(ref, layout.REFERENCE)
-        atomic.write_json(layout.CALIBRATION, calibrate(ref, data.x_train, params.evaluate, 0))
+        atomic.write_json(layout.CALIBRATION, calibrate(ref, params.evaluate, 0))
 
         # What the train stage leaves behind (an untrained generator is enough for the report).
         save_generator(layout.GENERATOR, build(params.variant, torch.device("cpu"), 0).generator, params.variant)
