@@ -51,7 +51,8 @@ def main() -> None:
         mlflow.log_dict(result, "evaluation/evaluation.json")
         mlflow.log_image(grid, "evaluation/sample_grid.png")
     verdict = result["collapse"]
-    print(f"collapse: {verdict['kind']} (severity {verdict['severity']}, borderline {verdict['borderline']})" + "".join(f"\n  - {e}" for e in verdict["evidence"]))
+    headline = f"collapse: {verdict['kind']} (severity {verdict['severity']}, borderline {verdict['borderline']})"
+    print(headline + "".join(f"\n  - {e}" for e in verdict["evidence"]))
 
 
 if __name__ == "__main__":

@@ -131,10 +131,11 @@ def confusion_table(ladder) -> str:
     lines = ["| rung | a person sees | verdict | severity | borderline | imbalance |", "| --- | --- | --- | --- | --- | --- |"]
     for family, size, expected in LADDER:
         c = ladder[family, size]["collapse"]
-        person = "ambiguous" if expected is None else ("no collapse" if expected == NONE else "/".join(sorted(expected)))
-        lines.append(
-            f"| {family} {size:g} | {person} | {c['kind']} | {c['severity']} | {c['borderline']} | {c['imbalance']['detected']} |"
+        person = {None: "ambiguous", frozenset(NONE): "no collapse"}.get(
+            None if expected is None else frozenset(expected), "collapse"
         )
+        cells = (f"{family} {size:g}", person, c["kind"], c["severity"], c["borderline"], c["imbalance"]["detected"])
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 

@@ -335,7 +335,9 @@ def _evaluation(fld: float, coverage: int, kind: str) -> dict:
     result = {k: 0.5 for k in SCALARS}
     result.update(n_samples=200, fld=fld, class_coverage=coverage, label_accuracy=None, first_collapse_iteration=None)
     evidence = [] if kind == "none" else [f"{10 - coverage} of 10 digits are missing or far under-represented"]
-    result["collapse"] = {"detected": kind != "none", "kind": kind, "evidence": evidence}
+    result["collapse"] = {
+        "detected": kind != "none", "kind": kind, "evidence": evidence, "severity": "none", "borderline": False,
+    }
     return result
 
 

@@ -14,7 +14,9 @@ from pipeline.instrument.evaluator import Embedding, MnistCNN, embed
 from scipy.stats import binomtest, norm
 
 from pipeline.common.errors import GanpipeError
-from pipeline.instrument.metrics import classes, diversity, duplicates, frechet, memorisation, ndb, prdc, spread, verdict
+from pipeline.instrument.metrics import (
+    classes, diversity, duplicates, frechet, memorisation, ndb, prdc, spread, verdict,
+)
 from pipeline.instrument.metrics.neighbours import kth_distances
 from pipeline.common.params import EvaluateParams
 from pipeline.instrument.reference import Reference
@@ -58,6 +60,7 @@ def measure(
     hist = classes.histogram(emb.predicted)
     counts = np.bincount(emb.predicted, minlength=classes.N_CLASSES)
     ratios = classes.share_ratios(hist, ref.class_hist)
+    low = int(ratios.argmin())
     boot_hists = classes.bootstrap_counts(counts, draws, seed)
     real_prdc, real_radii = prdc_real or prdc_reference(ref, settings, seed)
     div_mean, div_se = diversity.per_class_with_se(emb.features, emb.predicted, seed)
@@ -66,7 +69,8 @@ def measure(
     has_duplicate, pairs = duplicates.duplicate_stats(emb.features, duplicate_threshold)
     nn, random_pair = spread.spread_parts(emb.features, seed)
     kid_mean, kid_std = frechet.kid(
-        emb.features, ref.reference_features, subsets=settings.kid_subsets, subset_size=settings.kid_subset_size, seed=seed
+        emb.features, ref.reference_features,
+        subsets=settings.kid_subsets, subset_size=settings.kid_subset_size, seed=seed,
     )
     out: dict[str, Any] = {
         "n_samples": n,
@@ -78,7 +82,7 @@ def measure(
         "class_kl_interval": classes.interval(classes.class_kl_many(boot_hists, ref.class_hist), conf),
         "min_share_ratio": float(ratios.min()),
         # The interval of the smallest digit's own ratio: the bootstrap of a minimum is biased low.
-        "min_share_ratio_interval": classes.interval(boot_hists[:, ratios.argmin()] / ref.class_hist[ratios.argmin()], conf),
+        "min_share_ratio_interval": classes.interval(boot_hists[:, low] / ref.class_hist[low], conf),
         "mnist_score": classes.mnist_score(emb.probs),
         "mean_confidence": classes.mean_confidence(emb.probs),
         **prdc.prdc(real_prdc, emb.features, settings.nearest_k, real_radii),
@@ -87,7 +91,9 @@ def measure(
         "duplicate_rate_interval": _wilson(int(has_duplicate.sum()), n, conf),
         "support_size": duplicates.support_size(n, pairs, conf),
         "intra_class_diversity": div_ratio,
-        "intra_class_diversity_interval": [round(max(div_ratio - div_half, 0.0), 6), round(div_ratio + div_half, 6)],
+        "intra_class_diversity_interval": [
+            round(max(div_ratio - div_half, 0.0), 6), round(div_ratio + div_half, 6),
+        ],
         "neighbour_spread": spread.neighbour_spread(nn, random_pair),
         "neighbour_spread_interval": spread.spread_interval(nn, random_pair, draws, conf, seed),
         "label_accuracy": None if requested is None else classes.label_accuracy(emb.predicted, requested),

@@ -109,14 +109,17 @@ def judge(m: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
     crossed = [c for c in deciding if c.crossed]
     inter = any(c.role == "inter-class" for c in crossed)
     intra = any(c.role == "intra-class" for c in crossed)
-    kind = {(False, False): "none", (True, False): "inter-class", (False, True): "intra-class"}.get((inter, intra), "both")
+    kinds = {(False, False): "none", (True, False): "inter-class", (False, True): "intra-class"}
+    kind = kinds.get((inter, intra), "both")
     ratios = m["class_share_ratios"]
     low, high = (min(range(10), key=ratios.__getitem__), max(range(10), key=ratios.__getitem__))
     imbalance_checks = [c for c in all_checks if c.role == "imbalance"]
     weak = [d for d, r in enumerate(ratios) if r < t["share_ratio"]]
     evidence = [c.sentence() for c in all_checks]
     if weak:
-        listed = ", ".join(f"{d} ({m['class_shares'][d]:.1%} of samples, {ratios[d]:.2f} x its MNIST share)" for d in weak)
+        listed = ", ".join(
+            f"{d} ({m['class_shares'][d]:.1%} of samples, {ratios[d]:.2f} x its MNIST share)" for d in weak
+        )
         evidence.insert(0, f"{len(weak)} of 10 digits are missing or far under-represented: {listed}")
     evidence.append(f"support size: {m['support_size']['text']}")
     return {
