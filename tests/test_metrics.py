@@ -112,10 +112,10 @@ def ladder(instrument, mnist, test_embedding, calibration, settings, small_mnist
             shares[0] *= size
             shares[1:] *= (1 - shares[0]) / shares[1:].sum()  # keep digit 0's share at size x MNIST's
             emb = _rows(test_embedding, _by_shares(y, shares, rng))
-        elif family == "prototypes per digit":  # prototypes the evaluator reads right, repeated exactly
+        elif family == "prototypes per digit":  # prototypes the evaluator reads right, drawn at random
             picks = [rng.choice(np.flatnonzero((y == d) & read_right), size, replace=False) for d in range(10)]
             base = np.concatenate(picks)
-            emb = _rows(test_embedding, base[np.arange(N) % len(base)])
+            emb = _rows(test_embedding, base[rng.integers(0, len(base), N)])
         elif family == "speckled prototypes per digit":  # each copy with its own 10% salt-and-pepper
             base = np.concatenate([rng.choice(np.flatnonzero(y == d), size, replace=False) for d in range(10)])
             copies = mnist.x_test[base[np.arange(N) % len(base)]].astype(np.float32) / 255.0
@@ -192,11 +192,10 @@ def test_ladder_prototype_metrics_follow_the_number_of_prototypes(ladder):
     assert _monotone(_series(ladder, family, "coverage"), increasing=True, strict=True)
     assert _monotone(_series(ladder, family, "fld"), increasing=False, strict=True)
     assert _monotone(_series(ladder, family, "ndb"), increasing=False)
-    # support: 10, 30, 100, 1000 distinct images. Copies here are equal in number, not drawn at random as
-    # the birthday formula assumes, so the estimate sits a few percent above the truth.
+    # support: 10, 30, 100, 1000 distinct images drawn uniformly, as the birthday formula assumes
     for k in (1, 3, 10, 100):
         s = ladder[family, k]["support_size"]
-        assert s["low"] <= s["estimate"] <= s["high"] and 0.9 * 10 * k <= s["estimate"] <= 1.2 * 10 * k, (k, s)
+        assert s["low"] <= 10 * k <= s["high"] and s["low"] <= s["estimate"] <= s["high"], (k, s)
 
 
 @pytest.mark.parametrize("family", ["gaussian noise", "salt-and-pepper", "blur"])
@@ -250,7 +249,8 @@ def test_a_single_digit_is_named_in_the_evidence(measure, mnist):
     c = m["collapse"]
     assert c["kind"] in INTER and c["severity"] == "severe"  # ~2 copies of each test 3: duplicates too
     assert m["class_kl"] > 1.5  # about ln(10)
-    assert any("9 of 10 digits" in e for e in c["evidence"])
+    assert m["class_coverage"] <= 2  # a few misread 3s may hold a small share of another digit
+    assert any("of 10 digits are missing or far under-represented" in e for e in c["evidence"])
 
 
 def test_near_duplicates_are_detected(measure, mnist, test_embedding):

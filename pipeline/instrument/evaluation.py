@@ -61,6 +61,7 @@ def measure(
     counts = np.bincount(emb.predicted, minlength=classes.N_CLASSES)
     ratios = classes.share_ratios(hist, ref.class_hist)
     low = int(ratios.argmin())
+    kl = classes.class_kl(hist, ref.class_hist)
     boot_hists = classes.bootstrap_counts(counts, draws, seed)
     real_prdc, real_radii = prdc_real or prdc_reference(ref, settings, seed)
     div_mean, div_se = diversity.per_class_with_se(emb.features, emb.predicted, seed)
@@ -78,8 +79,8 @@ def measure(
         "kid": kid_mean,
         "kid_std": kid_std,
         "class_coverage": classes.class_coverage(hist, ref.class_hist, share_ratio_threshold),
-        "class_kl": classes.class_kl(hist, ref.class_hist),
-        "class_kl_interval": classes.interval(classes.class_kl_many(boot_hists, ref.class_hist), conf),
+        "class_kl": kl,
+        "class_kl_interval": classes.interval(classes.class_kl_many(boot_hists, ref.class_hist), conf, kl),
         "min_share_ratio": float(ratios.min()),
         # The interval of the smallest digit's own ratio: the bootstrap of a minimum is biased low.
         "min_share_ratio_interval": classes.interval(boot_hists[:, low] / ref.class_hist[low], conf),

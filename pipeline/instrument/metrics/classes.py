@@ -59,10 +59,15 @@ def bootstrap_counts(counts: np.ndarray, draws: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, counts / max(n, 1), size=draws) / max(n, 1)
 
 
-def interval(values: np.ndarray, confidence: float) -> list[float]:
-    """The percentile interval of bootstrap values."""
+def interval(values: np.ndarray, confidence: float, estimate: float | None = None) -> list[float]:
+    """The percentile interval of bootstrap values. Given the estimate, the interval is first shifted by
+    the bootstrap's bias (mean of values - estimate) and kept >= 0: class KL's plug-in estimate is biased
+    upwards, and its bootstrap twice so, which would put the interval wholly above a near-zero value."""
     tail = (1.0 - confidence) / 2 * 100
     lo, hi = np.percentile(values, [tail, 100 - tail])
+    if estimate is not None:
+        bias = float(np.mean(values)) - estimate
+        lo, hi = max(lo - bias, 0.0), max(hi - bias, 0.0)
     return [round(float(lo), 6), round(float(hi), 6)]
 
 
