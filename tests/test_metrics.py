@@ -151,7 +151,10 @@ def test_ladder_verdict_is_what_a_person_sees(ladder, family, size, expected):
 
 
 def test_ladder_every_check_is_listed_with_its_margin(ladder):
+    import json
+
     for result in ladder.values():
+        json.dumps(result, allow_nan=False)  # what the evaluate stage and `ganpipe evaluate` write
         checks = result["collapse"]["checks"]
         assert {c["role"] for c in checks} == {"inter-class", "intra-class", "imbalance", "diagnostic"}
         for c in checks:

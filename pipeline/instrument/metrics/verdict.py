@@ -43,8 +43,8 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            **asdict(self), "value": round(self.value, 6), "threshold": round(self.threshold, 6),
-            "margin": round(self.margin, 6), "crossed": self.crossed, "borderline": self.borderline,
+            **asdict(self), "value": round(float(self.value), 6), "threshold": round(float(self.threshold), 6),
+            "margin": round(float(self.margin), 6), "crossed": bool(self.crossed), "borderline": bool(self.borderline),
         }
 
     def sentence(self) -> str:
@@ -127,9 +127,9 @@ def judge(m: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
         "kind": kind,
         "evidence": evidence,
         "severity": _severity(crossed, m, t),
-        "borderline": any(c.borderline for c in deciding),
+        "borderline": bool(any(c.borderline for c in deciding)),
         "imbalance": {
-            "detected": any(c.crossed for c in imbalance_checks),
+            "detected": bool(any(c.crossed for c in imbalance_checks)),
             "smallest_share_ratio": round(ratios[low], 6),
             "smallest_digit": low,
             "largest_share_ratio": round(ratios[high], 6),
