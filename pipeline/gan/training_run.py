@@ -181,7 +181,7 @@ def train_tracked(
             if r not in result.diverged:
                 result.diverged[r] = divergence_reason(params, r, seeds[r], divergence.what, divergence.step)
                 tracking.end_run_failed(result.replica_run_ids[r], result.diverged[r])
-        summary = f"all {params.replicas} replicas of model {params.model} diverged"
+        summary = f"all {params.replicas} replicas of model {params.model} diverged, the last by generator iteration {trainer.step}"
         tracking.end_run_failed(result.run_id, f"{summary}: " + "; ".join(result.diverged.values()))
         mlflow.end_run(status="FAILED")
         last_good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was reached"
