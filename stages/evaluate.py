@@ -14,7 +14,7 @@ from pipeline.instrument.evaluation import (
 from pipeline.reports.figures import save_png
 from pipeline.common.params import load_params
 from pipeline.gan.training_run import GRID_SEED_OFFSET
-from pipeline.gan.variants import load_generator
+from pipeline.gan.generator_file import load_generator
 
 
 def main() -> None:
@@ -28,6 +28,8 @@ def main() -> None:
         images = sampling.to_uint8(sampling.sample(generator, n, seed=params.seed, labels=labels))
         result = evaluate_images(images, labels, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
     curve = tables.read_csv(layout.COLLAPSE_CURVE)
+    if "replica" in curve:  # until evaluation is per replica: replica 0, the generator evaluated here
+        curve = curve[curve["replica"] == 0]
     result["first_full_coverage_iteration"] = first_full_coverage_step(curve)
     result["first_collapse_iteration"] = first_collapse_step(curve)
     grid = sampling.sample_grid(generator, params.seed + GRID_SEED_OFFSET)

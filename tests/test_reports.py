@@ -172,7 +172,8 @@ def workspace(tmp_path_factory, mnist, store):
     from pipeline.instrument.calibration import calibrate
     from pipeline.data.mnist import MNIST
     from pipeline.common.params import flatten, parse_params
-    from pipeline.gan.variants import build, save_generator
+    from pipeline.gan.generator_file import save_generators
+    from pipeline.gan.variants import build
     from stages import evaluate as evaluate_stage
     from stages import report as report_stage
 
@@ -203,7 +204,7 @@ def workspace(tmp_path_factory, mnist, store):
         atomic.write_json(layout.CALIBRATION, calibrate(ref, params.evaluate, 0))
 
         # What the train stage leaves behind (an untrained generator is enough for the report).
-        save_generator(layout.GENERATOR, build(params.variant, torch.device("cpu"), 0).generator, params.variant)
+        save_generators(layout.GENERATOR, [build(params.variant, torch.device("cpu"), 0).generator], params.variant, [0], [None])
         losses, curve = _training_curves(np.arange(20, 420, 20))
         tables.write_csv(layout.LOSS_HISTORY, losses.to_dict("records"))
         tables.write_csv(layout.COLLAPSE_CURVE, curve.to_dict("records"))
