@@ -5,7 +5,7 @@ Table 2): 128,000 stacked training images, z 100, batch 64, Adam 2e-4 (beta1 0.5
 samples, a mode captured when one sample is classified as that digit triple, KL to the uniform over the
 1,000 triples. Every preset and seed is trained here with ganpipe's own trainer and networks (the
 presets' `dcgan` nets, 3 channels), sampled, and counted with the pipeline's evaluator classifier; the
-seeds of one preset train one after the other. ganpipe's rows are mean +- standard error over seeds.
+seeds of one preset train side by side as replicas. ganpipe's rows are mean +- standard error over seeds.
 
     python benchmarks/stacked_mnist.py                              # the papers' setting: needs a GPU
     python benchmarks/stacked_mnist.py --iterations 2000 --samples 10000 --seeds 0,1,2   # reduced
@@ -50,21 +50,18 @@ PAPER = {"size": 128_000, "batch_size": 64, "epochs": 50, "samples": 26_000}
 
 
 def train_generators(variant: VariantParams, rows, labels, seeds: list[int], iterations: int) -> list:
-    """Every seed's generator after `iterations` generator steps (None for a seed that diverged)."""
+    """Every seed's generator after `iterations` generator steps, trained as replicas of one trainer
+    (None for a seed that diverged)."""
     from pipeline.gan.trainer import NonFiniteTraining, Trainer
-    from pipeline.gan.variants import build
 
-    generators = []
-    for seed in seeds:
-        trainer = Trainer(build(variant, rows.device, seed, channels=3), rows, labels, seed)
-        try:
-            while trainer.step < iterations:
-                trainer.advance(min(1000, iterations - trainer.step))
-                trainer.read_losses()  # the NaN/Inf check
-            generators.append(trainer.parts.generator)
-        except NonFiniteTraining:
-            generators.append(None)
-    return generators
+    trainer = Trainer(variant, rows, labels, seeds, batched=len(seeds) > 1)
+    try:
+        while trainer.step < iterations:
+            trainer.advance(min(1000, iterations - trainer.step))
+            trainer.read_losses()  # the NaN/Inf check: a diverged seed is dropped, the others go on
+    except NonFiniteTraining:
+        return [None] * len(seeds)
+    return [trainer.replica_generator(r) if r in trainer.live else None for r in range(len(seeds))]
 
 
 def stderr_of_mean(values: list[float]) -> float:

@@ -160,8 +160,8 @@ def test_a_few_iterations_train_3_channel_nets_whose_samples_the_counter_reads(p
     from pipeline.common.params import load_params
     from pipeline.data.training_set import training_rows
     from pipeline.gan import sampling
+    from pipeline.gan.generator_file import load_generators, save_generators
     from pipeline.gan.trainer import Trainer
-    from pipeline.gan.variants import build, load_generator, save_generator
     from pipeline.instrument.stacked import quick_modes
 
     model, _ = instrument
@@ -169,16 +169,16 @@ def test_a_few_iterations_train_3_channel_nets_whose_samples_the_counter_reads(p
     stacked = stacked_mnist.build(small_mnist.y_train, 2000, seed=0)
     rows, labels = training_rows(small_mnist, torch.device("cpu"), stacked)
     assert rows.shape == (2000, 3 * 784) and rows[torch.tensor([5])].shape == (1, 3 * 784)
-    trainer = Trainer(build(variant, torch.device("cpu"), 11, channels=3), rows, labels, seed=11)
+    trainer = Trainer(variant, rows, labels, [11, 12])
     trainer.advance(3)
-    assert np.isfinite(trainer.read_losses()["d_loss"])
-    generator = trainer.parts.generator
-    save_generator(tmp_path / "g.pt", generator, variant, channels=3)
-    loaded, _ = load_generator(tmp_path / "g.pt")
-    images = sampling.sample(loaded, 50, seed=0)
+    assert set(trainer.read_losses()) == {0, 1}
+    generators = [trainer.replica_generator(r) for r in (0, 1)]
+    save_generators(tmp_path / "g.pt", generators, variant, [11, 12], [None, None], channels=3)
+    loaded, _ = load_generators(tmp_path / "g.pt")
+    images = sampling.sample(loaded[1].generator, 50, seed=0)
     assert images.shape == (50, 3, 28, 28)
-    assert np.array_equal(images, sampling.sample(generator, 50, seed=0))
-    assert sampling.sample_grid(loaded, seed=0).shape[2:] == (3,)  # a colour grid
+    assert np.array_equal(images, sampling.sample(generators[1], 50, seed=0))
+    assert sampling.sample_grid(loaded[0].generator, seed=0).shape[2:] == (3,)  # a colour grid
     quick = quick_modes(model, images)
     assert 1 <= quick["modes_captured"] <= 50 and 0 <= quick["mode_kl"] <= math.log(1000)
 
@@ -206,7 +206,8 @@ def test_dvc_exp_run_on_stacked_mnist_reports_modes_in_metrics_and_mlflow(tmp_pa
     histogram = (repo / "outputs/evaluate/mode_histogram.csv").read_text().splitlines()
     assert histogram[0].startswith("mode,samples,uniform") and len(histogram) == 1 + 1000
     assert (repo / "reports/report.html").is_file()
-    (run,) = runs(repo)
-    assert run.data.params["dataset"] == "stacked-mnist"
-    assert run.data.metrics["eval_modes_captured"] == metrics["modes_captured"]
-    assert run.data.metrics["eval_mode_kl"] == pytest.approx(metrics["mode_kl"])
+    parent = [r for r in runs(repo) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].data.params["dataset"] == "stacked-mnist"
+    assert parent[0].data.metrics["eval_modes_captured"] == metrics["modes_captured"]
+    children = [r for r in runs(repo) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2

@@ -20,13 +20,14 @@ from pipeline.common.params import Params
 
 
 def fingerprint(params: Params, device: torch.device) -> str:
-    """Hash of the params that shape a training run (variant, seed, train section) and the device type."""
+    """Hash of the params that shape a training run (variant, seed, replicas, train section) and the device type."""
     key = {
         "model": params.model,
         "variant": params.variant.model_dump(mode="json"),
         "seed": params.seed,
         "dataset": params.dataset,
         "stacked_mnist": params.stacked_mnist.model_dump(mode="json") if params.dataset == "stacked-mnist" else None,
+        "replicas": params.replicas,
         "train": params.train.model_dump(mode="json"),
         "device": device.type,
     }
