@@ -104,7 +104,7 @@ def test_evaluating_real_stacked_samples_reports_modes_and_per_channel_mnist_met
 
     model, ref = instrument
     settings = EvaluateParams.model_validate(tiny_params()["evaluate"])
-    calibration = calibrate(ref, small_mnist.x_train, settings, seed=0)
+    calibration = calibrate(ref, settings, seed=0)
     stacked = stacked_mnist.build(small_mnist.y_test, 3000, seed=2)
     images = stacked_mnist.materialise(small_mnist.x_test, stacked.indices)
     result = evaluate_stacked(images, model, ref, calibration, settings, seed=0)

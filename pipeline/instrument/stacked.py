@@ -89,7 +89,10 @@ def _combined_verdict(channels: list[dict[str, Any]]) -> dict[str, Any]:
     kinds = {ch["collapse"]["kind"] for ch in channels} - {"none"}
     kind = "none" if not kinds else kinds.pop() if len(kinds) == 1 else "both"
     evidence = [f"channel {c}: {e}" for c, ch in enumerate(channels) for e in ch["collapse"]["evidence"]]
-    return {"detected": kind != "none", "kind": kind, "evidence": evidence}
+    order = ["none", "moderate", "severe"]
+    severity = max((ch["collapse"].get("severity", "none") for ch in channels), key=order.index)
+    borderline = any(ch["collapse"].get("borderline", False) for ch in channels)
+    return {"detected": kind != "none", "kind": kind, "evidence": evidence, "severity": severity, "borderline": borderline}
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
