@@ -24,6 +24,8 @@ EVALUATE_DIR = Path("outputs/evaluate")
 SAMPLES = EVALUATE_DIR / "samples.npz"
 SAMPLE_GRID = EVALUATE_DIR / "sample_grid.png"
 CLASS_HISTOGRAM = EVALUATE_DIR / "class_histogram.csv"
+REPLICA_TABLE = EVALUATE_DIR / "replicas.csv"  # one row per replica
+REPLICA_GRIDS = EVALUATE_DIR / "grids"  # replica_<r>.png, every evaluated replica's fixed-noise grid
 
 METRICS_DIR = Path("metrics")
 EVALUATOR_METRICS = METRICS_DIR / "evaluator.json"
