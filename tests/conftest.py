@@ -38,6 +38,7 @@ def repo_params() -> dict:
 def tiny_params(iterations: int = 60) -> dict:
     """The repo's params.yaml with budgets small enough for a test."""
     p = copy.deepcopy(repo_params())
+    p["replicas"] = 2  # enough to exercise the replica axis, small enough to keep the suite fast
     p["evaluator"].update(epochs=1, train_subset=3000, kmeans_fit_size=2000, ndb_bins=10)
     p["train"].update(log_every=20, checkpoint_every=20, sample_every=40, eval_every=20, eval_samples=300)
     p["evaluate"].update(n_samples=400, kid_subsets=4, kid_subset_size=200, calibration_subsets=3)

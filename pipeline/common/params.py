@@ -97,6 +97,10 @@ class TrainParams(Strict):
     eval_every: PositiveInt
     eval_samples: PositiveInt
     compile: bool
+    threads: Annotated[
+        Literal["auto"] | PositiveInt,
+        Field(description="auto, or a number of CPU threads >= 1 (e.g. 1)"),
+    ]
 
     @field_validator("device")
     @classmethod
@@ -150,6 +154,7 @@ class ReportParams(Strict):
 class Params(Strict):
     model: Annotated[str, Field(description="the name of one of the presets under `variants`")]
     seed: NonNegativeInt
+    replicas: Annotated[PositiveInt, Field(description="how many independent replicas of the variant to train, >= 1")]
     download: DownloadParams
     evaluator: EvaluatorParams
     train: TrainParams
@@ -174,8 +179,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         what = "is empty" if raw is None else f"holds {type(raw).__name__} {params_errors.show(raw)}"
         raise GanpipeError(
-            f"{source} {what}, but it must hold a mapping of keys to values (model, seed, download, "
-            "evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
+            f"{source} {what}, but it must hold a mapping of keys to values (model, seed, replicas, "
+            "download, evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
             "or fix its top level."
         )
     problems: list[str] = []
