@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline.common import atomic, layout, replica_tracking, tables
 from pipeline.common.console import run_main, stderr
+from pipeline.common.errors import GanpipeError
 from pipeline.common.params import load_params
 from pipeline.gan import sampling
 from pipeline.gan.generator_file import load_generators
@@ -22,6 +23,12 @@ from pipeline.reports.figures import save_png
 def main() -> None:
     params = load_params()
     replicas, variant = load_generators(layout.GENERATOR)
+    if all(rep.generator is None for rep in replicas):
+        reasons = "; ".join(f"replica {rep.index}: {rep.diverged}" for rep in replicas)
+        raise GanpipeError(
+            f"every replica of {params.model} diverged in training, so there is nothing to evaluate ({reasons}). "
+            f"Lower variants.{params.model}.lr or change the seed in params.yaml, then run `dvc repro` again."
+        )
     classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
     calibration = json.loads(layout.CALIBRATION.read_text())
     curve = tables.read_csv(layout.COLLAPSE_CURVE)
