@@ -125,9 +125,10 @@ def replica_frame(e: dict[str, Any]) -> pd.DataFrame:
 def _replicas(inputs: RunInputs) -> list:
     e = inputs.evaluation
     frame = replica_frame(e)
-    shown = frame[["replica", "seed", "verdict", *REPLICA_COLUMNS, "first collapse"]].astype(object)
+    shown = frame[["replica", "seed", "verdict", *REPLICA_COLUMNS, "first collapse"]].astype(object).map(fmt)
+    shown["seed"] = frame["seed"].astype(str)  # an identifier, not a quantity: no thousands separators
     blocks: list = [Heading("Replicas"), Table(
-        shown.map(fmt),
+        shown,
         "One row per replica: an independent training of the same variant with its own seed (SeedSequence of "
         "the params seed and the replica index). `first collapse`: the training iteration at which the "
         "in-training check first lost a digit.",
@@ -141,7 +142,8 @@ def _replicas(inputs: RunInputs) -> list:
                 if isinstance(v, dict) and "min" in v}
         blocks.append(Figure(
             "replica_dots",
-            charts.replica_dots(frame.assign(replica=frame["replica"].map(lambda i: f"r{i}")), "replica",
+            charts.replica_dots(frame.assign(replica=[f"r{i}" + (" (diverged)" if v == "diverged" else "")
+                                                    for i, v in zip(frame["replica"], frame["verdict"])]), "replica",
                                 DOT_PANELS, real),
             "One dot per replica per metric, red where the replica's verdict is collapse; the black bar is the "
             "median, the grey band the range over random real MNIST subsets of the same size.",
