@@ -118,15 +118,19 @@ def parse_page(path: Path) -> Page:
     return page
 
 
-def md_table_rows(md: str, first_header: str) -> list[list[str]]:
-    """Body rows of the markdown table whose header row starts with `first_header`."""
+def md_table_rows(md: str, *first_headers: str) -> list[list[str]]:
+    """Body rows of the markdown table whose header row starts with the cells `first_headers`."""
     lines = md.splitlines()
-    start = next(i for i, l in enumerate(lines) if re.match(rf"\|\s*{re.escape(first_header)}\s*\|", l))
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    start = next(i for i, l in enumerate(lines) if l.startswith("|") and cells(l)[: len(first_headers)] == list(first_headers))
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
+        rows.append(cells(line))
     return rows
 
 
@@ -227,7 +231,7 @@ def workspace(tmp_path_factory, mnist, store):
         with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "replicas": "3"}) as run:
             tracking.log_params_flat(flatten(params))
             for r, s in enumerate(seeds):
-                with mlflow.start_run(run_name=f"{name}-r{r}", nested=True,
+                with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-r{r}", nested=True,
                                       tags={**tags, "replica": str(r), "replica_seed": str(s)}) as child:
                     children.append(child.info.run_id)
                     if diverged[r]:
@@ -494,6 +498,87 @@ def runs(store):
     return ids
 
 
+def _log_training(root: Path, model: str, seed: int, kinds: list[str | None]) -> tuple[str, list[str]]:
+    """Log one training with a replica per entry of `kinds` the way training does (a parent run, a nested
+    child per replica, a FAILED child for a diverged one: kind None), then evaluate it through the
+    evaluate stage's own MLflow code (replica_tracking.log_evaluation)."""
+    import mlflow
+
+    from pipeline.common import replica_tracking, tracking
+    from pipeline.gan import sampling
+    from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_document
+
+    experiment_id = tracking.connect(root)
+    name, tags = tracking.run_identity(model, seed)
+    children = []
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "replicas": str(len(kinds))}) as parent:
+        for r, kind in enumerate(kinds):
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-r{r}", nested=True,
+                                  tags={**tags, "replica": str(r), "replica_seed": str(1000 * seed + r)}) as child:
+                metrics = tracking.MetricBuffer(child.info.run_id)
+                for step in range(40, 240, 40):
+                    metrics.add(step, {"d_loss": -1.0 / step, "g_loss": 0.7,
+                                       "train_fld": 1000.0 / step + r, "train_class_coverage": 10})
+                metrics.flush()
+                children.append(child.info.run_id)
+            if kind is None:
+                mlflow.MlflowClient().set_terminated(child.info.run_id, "FAILED")
+    outcomes, grids = [], {}
+    for r, kind in enumerate(kinds):
+        if kind is None:
+            outcomes.append(ReplicaOutcome(r, 1000 * seed + r, None, None, "d_loss became NaN/Inf"))
+            continue
+        fld = (150.0 if kind != "none" else 20.0) + r
+        outcomes.append(ReplicaOutcome(r, 1000 * seed + r, r, _evaluation(fld, 10 if kind == "none" else 3, kind)))
+        grids[r] = sampling.tile(np.random.default_rng(r).random((100, 28, 28), dtype=np.float32), 10, 10)
+    info = {"run_id": parent.info.run_id, "replica_run_ids": children}
+    replica_tracking.log_evaluation(root, info, model, seed, outcomes, grids, evaluation_document(outcomes))
+    return parent.info.run_id, children
+
+
+def test_compare_groups_replicas_under_their_training_and_claims_only_separated_intervals(tmp_path, monkeypatch):
+    """Trainings with replicas: one row per training, its replicas beneath, one grid per evaluated
+    replica, rates per variant, and "beats" only when the Wilson intervals do not overlap."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    vanilla, vanilla_children = _log_training(tmp_path, "vanilla", 0, ["both", "inter-class", "both", "inter-class"])
+    wgan, _ = _log_training(tmp_path, "wgan", 0, ["none", "none", "none", "none"])
+    cgan, cgan_children = _log_training(tmp_path, "cgan", 0, ["none", "both", None, "none"])
+    old = _log_pipeline_run(tmp_path, "vanilla-ns", 0, _evaluation(60.0, 10, "none"))  # from before replicas
+
+    out = tmp_path / "reports"
+    result = _compare("--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    page = parse_page(out / "comparison.html")
+    assert _run_table_ids(page) == [cgan[:8], vanilla[:8], old[:8], wgan[:8]]  # children are not trainings
+    header, rows = page.header("runs"), page.body_rows("runs")
+    by_run = {r[header.index("run")]: r for r in rows}
+    assert by_run[cgan[:8]][header.index("replicas")] == "4"
+    assert by_run[cgan[:8]][header.index("collapsed")] == "1/3 (1 diverged)"
+    assert by_run[cgan[:8]][header.index("95% interval")] == "[0.06, 0.79]"
+    assert number(by_run[vanilla[:8]][header.index("fld")]) == pytest.approx(np.median([150, 151, 152, 153]))
+    assert by_run[old[:8]][header.index("replicas")] == "1"
+
+    # Every replica beneath its training, the diverged one marked as such.
+    header, detail = page.header("replicas"), page.body_rows("replicas")
+    assert len(detail) == 4 + 4 + 4 + 1
+    cgan_rows = [r for r in detail if r[header.index("run")] == cgan[:8]]
+    assert [r[header.index("verdict")] for r in cgan_rows] == ["none", "both", "diverged", "none"]
+    assert [r[header.index("replica run")] for r in cgan_rows] == [c[:8] for c in cgan_children]
+    grids = [i["id"] for i in page.images if i.get("id", "").startswith("grid-")]
+    assert len(grids) == 4 + 4 + 3 + 1  # no grid for the diverged replica
+    assert any(g.startswith(f"grid-vanilla-s0-{vanilla[:8]}-r3") for g in grids)
+
+    text = page.all_text
+    assert ("wgan collapsed in 0/4 replicas [0.00, 0.49], vanilla in 4/4 [0.51, 1.00]: the intervals do not "
+            "overlap, so wgan collapses less often than vanilla.") in text
+    assert ("cgan collapsed in 1/3 replicas [0.06, 0.79], 1 diverged, vanilla in 4/4 [0.51, 1.00]: the intervals "
+            "overlap, so a difference is not established") in text
+    rates = {row[0]: row for row in page.body_rows("rates")}
+    columns = page.header("rates")
+    assert [rates["cgan"][columns.index(c)] for c in ("replicas evaluated", "diverged", "collapsed")] == ["3", "1", "1/3"]
+    assert rates["vanilla-ns"][columns.index("collapsed")] == "0/1"
+
+
 def test_comparison_shows_runs_that_were_never_evaluated():
     """A run whose evaluate stage never ran (no eval_ metrics, grid or verdict) is listed, not a crash."""
     from pipeline.reports import compare
@@ -510,9 +595,12 @@ def test_comparison_shows_runs_that_were_never_evaluated():
     page = Page(to_html(doc))
     assert not page.errors
     header, rows = page.header("runs"), page.body_rows("runs")
-    assert [r[header.index("collapse")] for r in rows] == ["none", "not evaluated"]
+    assert [r[header.index("collapsed")] for r in rows] == ["0/1", "—"]
     assert rows[1][header.index("fld")] == "—"
-    assert "No sample grid logged for wgan s0, vanilla s0" in page.all_text
+    header = page.header("replicas")
+    assert [r[header.index("verdict")] for r in page.body_rows("replicas")] == ["none", "not evaluated"]
+    assert "No sample grid logged for r0 (none)" in page.all_text
+    assert "No sample grid logged for r0 (not evaluated)" in page.all_text
     assert "Not evaluated yet (no eval_* metrics): runs bbbbbbbb." in page.all_text
     assert "untestable" in page.all_text  # two training checks are too few for a rank correlation
     assert "vanilla s0 (run bbbbbbbb)" in to_markdown(doc, "figures")
@@ -530,6 +618,7 @@ def _run_table_ids(page: Page) -> list[str]:
 
 
 def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, store, tmp_path):
+    """Runs logged before replicas existed (no child runs) each show as a training of one replica."""
     import mlflow
 
     out = tmp_path / "reports"
@@ -539,34 +628,40 @@ def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, store, tm
     expected = [runs[k][:8] for k in ("cgan s0", "vanilla s0", "vanilla s1", "wgan s0", "wgan s1")]
     assert _run_table_ids(page) == expected  # sorted by model, then seed; not the old or failed run
     md = (out / "comparison.md").read_text()
-    assert [row[2] for row in md_table_rows(md, "model")] == expected
+    assert [row[2] for row in md_table_rows(md, "model", "seed", "run")] == expected
 
-    # The table holds the logged eval_ metrics.
+    # The table holds the logged eval_ metrics (the median of one replica is its value).
     header, rows = page.header("runs"), page.body_rows("runs")
     assert [number(r[header.index("fld")]) for r in rows] == [8.5, 120.0, 140.0, 30.0, 35.0]
-    assert [r[header.index("collapse")] for r in rows] == ["none", "inter-class", "both", "none", "none"]
+    assert [r[header.index("replicas")] for r in rows] == ["1"] * 5
+    assert [r[header.index("collapsed")] for r in rows] == ["0/1", "1/1", "1/1", "0/1", "0/1"]
+    header = page.header("replicas")
+    assert [r[header.index("verdict")] for r in page.body_rows("replicas")] == ["none", "inter-class", "both", "none", "none"]
 
-    # Two seeds of vanilla and wgan: mean ± std per model (std over seeds, pandas' default ddof=1).
-    per_model = {row[0]: row for row in page.body_rows("per-model")}
-    columns = page.header("per-model")
-    vanilla = per_model["fld"][columns.index("vanilla (2 runs)")]
-    assert vanilla == f"130 ± {np.std([120.0, 140.0], ddof=1):.2g}"
+    # Per variant: the rate over its replicas with the Wilson interval.
+    rates = {row[0]: row for row in page.body_rows("rates")}
+    columns = page.header("rates")
+    assert [rates["vanilla"][columns.index(c)] for c in ("collapsed", "collapse rate", "95% interval")] == [
+        "2/2", "1.00", "[0.34, 1.00]"]
+    assert rates["wgan"][columns.index("95% interval")] == "[0.00, 0.66]"
+    assert rates["vanilla"][columns.index("median FLD")] == "130 (IQR 10)"
 
-    # One sample grid per run, each the PNG logged to that run.
+    # One sample grid per replica, each the PNG logged to that run.
     grids = [i for i in page.images if i.get("id", "").startswith("grid-")]
     assert len(grids) == 5
     logged = mlflow.artifacts.download_artifacts(run_id=runs["cgan s0"], artifact_path="evaluation/sample_grid.png",
                                                  dst_path=str(tmp_path / "dl"))
     cgan = next(i["id"] for i in grids if i["id"].startswith("grid-cgan-s0"))
     assert page.image(cgan) == Path(logged).read_bytes()
-    assert "training_curves" in {i.get("id") for i in page.images}
+    assert {"training_curves", "replica_dots"} <= {i.get("id") for i in page.images}
 
-    # The generated summary, from the numbers.
+    # The generated summary, from the numbers: two replicas per variant establish no difference.
     text = page.all_text
-    assert "All ten digits covered (in every run): cgan, wgan." in text
-    assert "Collapsed: vanilla (seeds 0, 1: both, inter-class)." in text
-    assert "Closest to real data by FLD: cgan (mean FLD 8.5)" in text
-    assert "1 of 2 WGAN runs support it" in text
+    assert "All ten digits covered (in every replica): cgan, wgan." in text
+    assert ("wgan collapsed in 0/2 replicas [0.00, 0.66], vanilla in 2/2 [0.34, 1.00]: the intervals overlap, "
+            "so a difference is not established") in text
+    assert "Closest to real data by median FLD: cgan (8.5)" in text
+    assert "1 of 2 WGAN replicas support it" in text
 
 
 def test_wgan_claim_needs_more_than_a_perfect_ranking_of_three_points():
@@ -609,7 +704,6 @@ def test_compare_selects_by_run_id_and_by_model(runs, tmp_path):
     assert result.exit_code == 0, result.output
     page = parse_page(out / "comparison.html")
     assert _run_table_ids(page) == [runs["cgan s0"][:8], runs["old vanilla s0"][:8]]
-    assert "per-model" not in page.tables  # one run per model: nothing to average
 
     out = tmp_path / "b"
     assert _compare("--out-dir", str(out), "--models", "cgan", "--models", "vanilla").exit_code == 0
