@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.instrument.rates import Rate, compare_sentence, median_iqr, rate_of
+from pipeline.instrument.rates import Rate, compare_sentence, intervals_separate, median_iqr, rate_of
 from pipeline.reports import charts, output, store, wgan_signal
 from pipeline.reports.document import Bullets, Document, Figure, Gallery, Heading, Paragraph, Table
 from pipeline.reports.glossary import fmt
 from pipeline.reports.store import ReplicaData, RunData
 
 FIGURE_DIR = "comparison_figures"  # relative to comparison.md; apart from the run report's figures/
+# The tables' metric columns: few enough that a row of the per-replica table fits a laptop screen.
 TABLE_METRICS = (
-    "fld", "kid", "class_coverage", "class_kl", "precision", "recall", "coverage", "duplicate_rate",
-    "intra_class_diversity", "label_accuracy", "memorisation_ratio",
+    "fld", "kid", "class_coverage", "class_kl", "precision", "recall", "duplicate_rate", "intra_class_diversity",
+    "label_accuracy",
 )
 DOT_PANELS = (
     ("fld", "FLD (lower is closer to MNIST)"),
@@ -193,8 +194,20 @@ def _summary(runs: list[RunData], replicas: pd.DataFrame, rho: dict[str, wgan_si
         + "; ".join(f"{m} {r.describe()}" for m, r in rates.items()) + "."
     ]
     comparable = [(m, r) for m, r in sorted(rates.items(), key=lambda mr: (mr[1].value is None, mr[1].value)) if r.evaluated]
+    overlapping = []
     for (name_a, a), (name_b, b) in itertools.combinations(comparable, 2):
+        if intervals_separate(a, b):
+            items.append(compare_sentence(name_a, a, name_b, b))
+        else:
+            overlapping.append(f"{name_a} vs {name_b}")
+    if len(comparable) == 2 and overlapping:
+        (name_a, a), (name_b, b) = comparable
         items.append(compare_sentence(name_a, a, name_b, b))
+    elif overlapping:
+        items.append(
+            "**Difference not established** (the intervals overlap; more replicas would narrow them): "
+            + ", ".join(overlapping) + "."
+        )
     evaluated = replicas[replicas["collapsed"].notna()]
     by_model = evaluated.groupby("model", sort=True)
     full = [m for m, g in by_model if (g["class_coverage"] == 10).all()]
