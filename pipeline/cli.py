@@ -80,8 +80,9 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     out: Path = typer.Option(Path("samples.png"), "--out", help="A .png grid or an .npz of images."),
     generator_path: Optional[Path] = typer.Option(None, "--generator", help="Default: the pipeline's trained generator."),
+    replica: int = typer.Option(0, "--replica", min=0, help="Which trained replica to draw from (0 to replicas - 1)."),
 ) -> None:
-    """Draw images from a trained generator into a PNG grid or an .npz."""
+    """Draw images from a trained generator (replica 0 unless --replica) into a PNG grid or an .npz."""
     import math
 
     import numpy as np
@@ -89,10 +90,10 @@ def sample(
     from pipeline.common import atomic, layout
     from pipeline.gan import sampling
     from pipeline.reports.figures import save_png
-    from pipeline.gan.variants import load_generator
+    from pipeline.gan.generator_file import load_generator
 
     try:
-        generator, variant = load_generator(generator_path or _root() / layout.GENERATOR)
+        generator, variant = load_generator(generator_path or _root() / layout.GENERATOR, replica)
         if digit is not None and not variant.conditional:
             raise GanpipeError(
                 f"--digit needs a conditional generator, but this one was trained as an unconditional "

@@ -96,7 +96,6 @@ class TrainParams(Strict):
     sample_every: PositiveInt
     eval_every: PositiveInt
     eval_samples: PositiveInt
-    compile: bool
     threads: Annotated[
         Literal["auto"] | PositiveInt,
         Field(description="auto, or a number of CPU threads >= 1 (e.g. 1)"),
