@@ -84,7 +84,7 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert "model" in diff and "vanilla" in diff and "cgan" in diff
     dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
-    assert "sample_grid.png" in html and "Losses" in html
+    assert "replica_0.png" in html and "Losses" in html and "FLD per replica" in html
 
     # The instrument on the pipeline's own samples (a CGAN: samples carry requested labels).
     out = subprocess.run(
@@ -111,5 +111,5 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     for run in seed1:
         assert run.info.status == "FINISHED"
         local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation/evaluation.json"))
-        assert json.loads(local.read_text())["n_samples"] == 400
+        assert json.loads(local.read_text())["summary"]["n_samples"] == 400  # the median over replicas
         assert str(repo / "mlartifacts") in run.info.artifact_uri.replace("file://", "")
