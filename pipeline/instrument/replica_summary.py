@@ -52,7 +52,7 @@ def dvc_metrics(outcomes: list[ReplicaOutcome]) -> dict[str, Any]:
         median, iqr = median_iqr([e.get(key) for e in evaluated])
         if median is None:
             continue  # e.g. label_accuracy of an unconditional model
-        out[key] = round(median, 6)
+        out[key] = int(median) if key == "n_samples" else round(median, 6)
         if key in HEADLINE:
             out[f"{key}_iqr"] = round(iqr, 6)
     out["replicas"] = len(outcomes)
