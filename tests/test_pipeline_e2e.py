@@ -109,6 +109,13 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "replica_2.png" in html and "Losses" in html and "FLD per replica" in html
 
+    # `ganpipe compare` reads the trainings back: the cgan row is one training of three replicas.
+    compared = subprocess.run(["ganpipe", "compare", "--out-dir", str(tmp_path / "comparison")], cwd=repo,
+                              env=dvc_env(repo), capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    lo, hi = metrics["collapse_rate_ci"]
+    assert f"cgan {k}/{n} [{lo:.2f}, {hi:.2f}]" in (tmp_path / "comparison" / "comparison.md").read_text()
+
     # The instrument on the pipeline's own samples (a CGAN: samples carry requested labels).
     out = subprocess.run(
         ["ganpipe", "evaluate", "--samples", "outputs/evaluate/samples.npz"],
