@@ -211,7 +211,7 @@ def main() -> None:
     replica_counts = [int(r) for r in args.replicas.split(",")]
     if 1 not in replica_counts:
         replica_counts.insert(0, 1)  # replica_speedup is relative to R = 1 of the same run
-    auto = {r: thread_policy.resolve("auto", device.type, r) for r in replica_counts}
+    auto = {r: thread_policy.resolve("auto", device.type) for r in replica_counts}
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [None]
     rows = []
     for name in args.variants.split(","):

@@ -77,7 +77,7 @@ def train_tracked(
 
     v, t = params.variant, params.train
     device = devices.resolve(t.device)
-    n_threads = threads.resolve(t.threads, device.type, params.replicas)
+    n_threads = threads.resolve(t.threads, device.type)
     torch.set_num_threads(n_threads)
     fp = checkpoints.fingerprint(params, device)
     ckpt_path = checkpoints.path_for(root, params, fp)
