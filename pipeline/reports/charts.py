@@ -105,7 +105,8 @@ def replica_dots(
 ) -> bytes:
     """One dot per replica per metric: a panel per (column, title), replicas spread along x (a replica
     index, or a variant name with the replicas jittered), red when the replica's verdict is collapse.
-    A black bar marks each group's median; a grey band, real MNIST subsets' range where known."""
+    A black bar marks each group's median (a dashed line, the median of all, when each x holds one dot);
+    a grey band, real MNIST subsets' range where known."""
     plt = pyplot()
     cols = min(len(panels), 3)
     nrows = -(-len(panels) // cols)
@@ -125,10 +126,14 @@ def replica_dots(
             if ok.any():
                 ax.scatter(xs[ok], values[ok], s=36, color=colour, alpha=0.85, edgecolor="white", lw=0.5,
                            label=label, zorder=3)
+        grouped = False
         for g, i in pos.items():
             group = values[rows[x] == g].dropna()
             if len(group) > 1:
                 ax.hlines(group.median(), i - 0.3, i + 0.3, color="black", lw=1.5, zorder=4)
+                grouped = True
+        if not grouped and values.notna().sum() > 1:  # one dot per x (a replica axis): the median of all
+            ax.axhline(values.median(), color="black", lw=1, ls="--", zorder=2, label="median")
         if column.endswith("class_coverage"):
             ax.set_ylim(-0.3, 10.5)
             ax.set_yticks(range(0, 11, 2))

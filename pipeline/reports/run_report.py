@@ -145,8 +145,8 @@ def _replicas(inputs: RunInputs) -> list:
             charts.replica_dots(frame.assign(replica=[f"r{i}" + (" (diverged)" if v == "diverged" else "")
                                                     for i, v in zip(frame["replica"], frame["verdict"])]), "replica",
                                 DOT_PANELS, real),
-            "One dot per replica per metric, red where the replica's verdict is collapse; the black bar is the "
-            "median, the grey band the range over random real MNIST subsets of the same size.",
+            "One dot per replica per metric, red where the replica's verdict is collapse; the dashed line is the "
+            "median over replicas, the grey band the range over random real MNIST subsets of the same size.",
             "per-replica values of the headline metrics",
         ))
     return blocks
