@@ -56,9 +56,11 @@ def log_evaluation(root: Path, run_info: dict[str, Any], model: str, seed: int, 
     """Log every replica's evaluation to its child run and the summary to the parent; return the parent id."""
     import mlflow
 
-    client = mlflow.MlflowClient()
     known = list(run_info.get("replica_run_ids", []))
     with tracking.reopen_run(root, run_info["run_id"], model, seed) as parent:
+        # Only now: reopen_run points MLflow at the repo's store. A client made earlier would talk to
+        # MLflow's default store in the working directory, a fresh one in a queued experiment's copy.
+        client = mlflow.MlflowClient()
         parent_id = parent.info.run_id
         parent_run = client.get_run(parent_id)
         tags = {k: v for k, v in parent_run.data.tags.items() if not k.startswith("mlflow.")}
