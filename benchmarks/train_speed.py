@@ -14,6 +14,7 @@ evaluator, when it has been trained) to show they optimise the same objective.
     python benchmarks/train_speed.py --variants wgan --replicas 1,4,8,16 --json   # replicas side by side
     python benchmarks/train_speed.py --variants wgan --replicas 1,8 --threads 1,2  # 1 thread vs all cores
     python benchmarks/train_speed.py --variants wgan --replicas 8 --concurrent 2 --threads 1,2  # a `-j 2` queue
+    python benchmarks/train_speed.py --variants dcgan --nchw   # the conv nets in NCHW instead of their channels_last
 
 With --replicas, each row also has `replicas`, `per_model_it_s` (generator iterations per second of each
 replica times R: the models trained per second) and `replica_speedup` (per_model_it_s at R over the same
@@ -86,6 +87,11 @@ class ReferenceLoop:
             z = torch.randn(v.batch_size, v.z_dim, device=self.device)
             fake = G(z, c)  # not detached, as in the seed: G's gradients are computed, then discarded
             d_loss = obj.d_loss(D(x, c), D(fake, c))
+            if v.gradient_penalty is not None:  # WGAN-GP the textbook way: autograd.grad with create_graph
+                eps = torch.rand(v.batch_size, 1, device=self.device)
+                x_hat = (eps * x + (1 - eps) * fake.detach()).requires_grad_(True)
+                (slopes,) = torch.autograd.grad(D(x_hat, c).sum(), x_hat, create_graph=True)
+                d_loss = d_loss + v.gradient_penalty * ((slopes.norm(2, dim=1) - 1) ** 2).mean()
             d_loss.backward()
             self.d_opt.step()
             if v.clip is not None:
@@ -115,9 +121,13 @@ class ReferenceLoop:
 class GanpipeLoop:
     """ganpipe's trainer with R replicas, exactly as the train stage builds it."""
 
-    def __init__(self, variant, x, y, device, seed, log_every: int = 100, replicas: int = 1):
+    def __init__(self, variant, x, y, device, seed, log_every: int = 100, replicas: int = 1, nchw: bool = False):
         seeds = replica_seeds(seed, replicas)
         self.trainer = Trainer(variant, x.to(device), y.to(device), seeds, batched=replicas > 1)
+        if nchw:  # undo the DCGAN's channels_last weights (kept per replica by the stack), to re-measure that choice
+            for stack in (self.trainer.generator, self.trainer.critic):
+                stack.params = {k: v.detach().contiguous().requires_grad_() for k, v in stack.params.items()}
+            self.trainer._make_optimizers()
         self.log_every = log_every
         self.last = {}
 
@@ -203,6 +213,7 @@ def main() -> None:
     ap.add_argument("--check", type=int, default=0, metavar="N",
                     help="also train both loops N generator iterations and print final losses and FLD")
     ap.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    ap.add_argument("--nchw", action="store_true", help="ganpipe's loop with conv weights in NCHW, not channels_last")
     args = ap.parse_args()
 
     device = devices.resolve(args.device)
@@ -229,7 +240,7 @@ def main() -> None:
                 for r, t in configs:
                     n_threads = t or auto[r]
                     torch.set_num_threads(n_threads)
-                    loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every, r)
+                    loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every, r, args.nchw)
                     solo[(r, t)].append(iterations_per_second(loop, device, args.seconds, args.warmup))
                     if args.concurrent > 1:
                         job = (v.model_dump(mode="json"), bs, r, n_threads, args.seconds, args.warmup,
@@ -240,7 +251,7 @@ def main() -> None:
                 base = float(np.median(solo[(1, t)]))
                 row = {
                     "variant": name, "device": str(device), "batch_size": bs, "replicas": r,
-                    "threads": t or auto[r], "threads_auto": t is None,
+                    "threads": t or auto[r], "threads_auto": t is None, "nchw": args.nchw,
                     "ganpipe_it_s": round(its, 2), "per_model_it_s": round(its * r, 2),
                     "replica_speedup": round(its * r / base, 2),
                 }

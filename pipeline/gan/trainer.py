@@ -25,7 +25,7 @@ import torch
 
 from pipeline.common.params import VariantParams
 from pipeline.gan.networks import N_CLASSES
-from pipeline.gan.objectives import OBJECTIVES, clip_weights_
+from pipeline.gan.objectives import OBJECTIVES, clip_weights_, gradient_penalty
 from pipeline.gan.replica_stack import ReplicaStack, map_replicas
 from pipeline.gan.variants import build_networks, make_optimizer
 
@@ -96,17 +96,20 @@ class Trainer:
     def _zero_sums(self) -> None:
         self._d_sum = torch.zeros(len(self.live), device=self.device)
         self._g_sum = torch.zeros(len(self.live), device=self.device)
+        self._penalty_sum = torch.zeros(len(self.live), device=self.device)
         self._n = 0
 
-    def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each live replica's batch indices and noise for one generator iteration, from its own RNG."""
+    def _draw(self, n: int, n_eps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Each live replica's batch indices, noise and (WGAN-GP) interpolation weights, from its own RNG."""
         size, z_dim = self.images.shape[0], self.variant.z_dim
-        idx, z = [], []
+        idx, z, eps = [], [], []
         for r in self.live:
             rng = self.rngs[r]
             idx.append(torch.randint(size, (n,), device=self.device, generator=rng))
             z.append(torch.randn(n, z_dim, device=self.device, generator=rng))
-        return torch.stack(idx), torch.stack(z)
+            if n_eps:
+                eps.append(torch.rand(n_eps, 1, device=self.device, generator=rng))
+        return torch.stack(idx), torch.stack(z), torch.stack(eps) if n_eps else None
 
     def _iteration(self) -> None:
         v, obj = self.variant, self.objective
@@ -114,7 +117,8 @@ class Trainer:
         b, k = v.batch_size, v.n_critic
         # One draw covers all k critic batches plus the generator step's labels (WGAN change 3: k critic
         # steps per generator step).
-        idx, z = self._draw((k + 1) * b)
+        lam = v.gradient_penalty  # WGAN-GP's lambda, or None
+        idx, z, eps = self._draw((k + 1) * b, 0 if lam is None else k * b)
         y = self._onehot[self.labels[idx]] if v.conditional else None  # (R, (k+1)b, 10)
         real = self.images[idx[:, : k * b]]  # (R, kb, 784)
 
@@ -125,17 +129,25 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fake = map_replicas(generate, self.batched, G.params, G.buffers, z[:, : k * b], _part(y, 0, k * b))
 
-        def critic_loss(dp, db, real, fake, y):
+        def critic_loss(dp, db, real, fake, y, eps):
+            critic = D.bind(dp, db)
             # Real and fake go through D as one batch: one larger matmul instead of two.
-            both = D.bind(dp, db)(torch.cat([real, fake]), None if y is None else torch.cat([y, y]))
-            return obj.d_loss(both[:b].float(), both[b:].float())
+            both = critic(torch.cat([real, fake]), None if y is None else torch.cat([y, y]))
+            d_real, d_fake = both.float().chunk(2)  # halves, also when D scores packs of samples
+            loss = obj.d_loss(d_real, d_fake)
+            if lam is None:
+                return torch.stack([loss, torch.zeros_like(loss)])
+            penalty = gradient_penalty(critic, real, fake, y, eps)
+            return torch.stack([loss + lam * penalty, penalty])
 
         for i in range(k):
             lo, hi = i * b, (i + 1) * b
             with self._autocast():
-                d_loss = map_replicas(
-                    critic_loss, self.batched, D.params, D.buffers, real[:, lo:hi], fake[:, lo:hi], _part(y, lo, hi)
+                out = map_replicas(
+                    critic_loss, self.batched, D.params, D.buffers, real[:, lo:hi], fake[:, lo:hi],
+                    _part(y, lo, hi), _part(eps, lo, hi),
                 )
+            d_loss = out[:, 0]
             self.d_opt.zero_grad(set_to_none=True)
             # Replicas share no weights, so the gradient of the sum is each replica's own gradient.
             d_loss.sum().backward()
@@ -143,6 +155,7 @@ class Trainer:
             if v.clip is not None:
                 clip_weights_(D.parameters(), v.clip)  # WGAN change 2
             self._d_sum += d_loss.detach()
+            self._penalty_sum += out[:, 1].detach()
 
         def generator_loss(gp, gb, dp, db, z, y):
             return obj.g_loss(D.bind(dp, db)(G.bind(gp, gb)(z, y), y).float())
@@ -179,7 +192,10 @@ class Trainer:
         finite = torch.stack(
             [p.detach().isfinite().flatten(1).all(1) for p in [*self.generator.parameters(), *self.critic.parameters()]]
         ).all(0)
-        d_mean, g_mean, params_ok = torch.stack([self._d_sum / (n * k), self._g_sum / n, finite.float()]).tolist()
+        d_mean, g_mean, penalty_mean, params_ok = torch.stack(
+            [self._d_sum / (n * k), self._g_sum / n, self._penalty_sum / (n * k), finite.float()]
+        ).tolist()
+        lam = self.variant.gradient_penalty
         self._zero_sums()
         losses: dict[int, dict[str, float]] = {}
         keep: list[int] = []
@@ -197,8 +213,11 @@ class Trainer:
                 continue
             keep.append(row)
             losses[r] = {"d_loss": d_loss, "g_loss": g_loss}
+            if lam is not None:
+                losses[r]["gradient_penalty"] = penalty_mean[row]
             if self.objective.reports_wasserstein:
-                losses[r]["w_estimate"] = -d_loss  # the critic's estimate of the Wasserstein distance
+                # the critic's estimate of the Wasserstein distance: its loss without the penalty, negated
+                losses[r]["w_estimate"] = -(d_loss - (0.0 if lam is None else lam * penalty_mean[row]))
         if not keep:
             first = self.diverged[self.live[0]]
             self.live = []
