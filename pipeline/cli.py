@@ -47,9 +47,8 @@ def evaluate(
 def evaluate_file(samples: Path, params_file: Path) -> dict:
     from pipeline.instrument import evaluator, reference, samples_file
     from pipeline.common import layout
-    from pipeline.instrument.calibration import calibrate
+    from pipeline.instrument.calibration import calibrate, check_pool
     from pipeline.instrument.evaluation import evaluate_images
-    from pipeline.data.mnist import load_prepared
     from pipeline.common.params import load_params
 
     root = _root()
@@ -60,13 +59,16 @@ def evaluate_file(samples: Path, params_file: Path) -> dict:
     ref = reference.load(root / layout.REFERENCE)
     cal_path = root / layout.CALIBRATION
     calibration = json.loads(cal_path.read_text()) if cal_path.is_file() else None
+    if calibration is not None and "baseline" not in calibration:
+        calibration = None  # made by an older ganpipe, from in-sample real subsets: recalibrate honestly
     if calibration is None or calibration["n_samples"] != len(images):
         # Thresholds depend on the sample count; calibrate for this count on a few real subsets.
         settings = params.evaluate.model_copy(
             update={"n_samples": len(images), "calibration_subsets": min(5, params.evaluate.calibration_subsets)}
         )
+        check_pool(ref, len(images))  # refuse an n the real baseline cannot support before any work
         with stderr.status(f"calibrating the verdict for {len(images)} samples on real data"):
-            calibration = calibrate(ref, load_prepared(root / layout.PREPARED).x_train, settings, params.evaluator.seed)
+            calibration = calibrate(ref, settings, params.evaluator.seed)
     else:
         settings = params.evaluate
     with stderr.status(f"measuring {len(images)} samples"):

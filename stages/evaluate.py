@@ -14,7 +14,9 @@ from pipeline.gan.generator_file import load_generators
 from pipeline.gan.replicas import replica_seed
 from pipeline.gan.training_run import GRID_SEED_OFFSET
 from pipeline.instrument import evaluator, reference
-from pipeline.instrument.evaluation import evaluate_images, first_collapse_step, requested_labels
+from pipeline.instrument.evaluation import (
+    evaluate_images, first_collapse_step, first_full_coverage_step, requested_labels,
+)
 from pipeline.instrument.rates import rate_of
 from pipeline.instrument.replica_summary import ReplicaOutcome, dvc_metrics, evaluation_document, replica_rows
 from pipeline.reports.figures import save_png
@@ -45,6 +47,7 @@ def main() -> None:
             images = sampling.to_uint8(sampling.sample(rep.generator, n, seed=sample_seed, labels=labels))
             result = evaluate_images(images, labels, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
         own_curve = curve[curve["replica"] == rep.index] if curve is not None and "replica" in curve else curve
+        result["first_full_coverage_iteration"] = first_full_coverage_step(own_curve)
         result["first_collapse_iteration"] = first_collapse_step(own_curve)
         # Every replica's grid uses the same fixed noise, so grids differ only by what the replicas learnt.
         grids[rep.index] = sampling.sample_grid(rep.generator, params.seed + GRID_SEED_OFFSET)

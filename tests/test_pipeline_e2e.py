@@ -123,7 +123,7 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     )
     result = json.loads(out.stdout)
     assert REQUIRED_KEYS <= set(result) and result["label_accuracy"] is not None
-    assert set(result["collapse"]) == {"detected", "kind", "evidence"}
+    assert {"detected", "kind", "evidence", "severity", "borderline", "imbalance", "checks"} <= set(result["collapse"])
     subprocess.run(
         ["ganpipe", "sample", "--digit", "7", "--n", "20", "--out", "sevens.png"],
         cwd=repo, env=dvc_env(repo), check=True, capture_output=True,

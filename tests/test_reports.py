@@ -210,10 +210,11 @@ def workspace(tmp_path_factory, mnist, store):
         classifier = evaluator.train_classifier(
             data.x_train[:1000], data.y_train[:1000], epochs=1, batch_size=64, lr=2e-3, seed=0
         )
-        ref = reference.build(classifier, data, ndb_bins=10, kmeans_fit_size=1000, seed=0)
+        heldout = np.arange(len(data.x_train)) >= 2000  # unseen by the classifier: part of the real baseline pool
+        ref = reference.build(classifier, data, heldout=heldout, ndb_bins=10, kmeans_fit_size=1000, seed=0)
         evaluator.save(classifier, layout.CLASSIFIER)
         reference.save(ref, layout.REFERENCE)
-        atomic.write_json(layout.CALIBRATION, calibrate(ref, data.x_train, params.evaluate, 0))
+        atomic.write_json(layout.CALIBRATION, calibrate(ref, params.evaluate, 0))
 
         # What the train stage leaves behind: untrained generators (enough for the report), each built from
         # its replica seed, replica 2 marked diverged; curves in long format; a parent run and its children.
@@ -441,7 +442,9 @@ def _evaluation(fld: float, coverage: int, kind: str) -> dict:
     result = {k: 0.5 for k in SCALARS}
     result.update(n_samples=200, fld=fld, class_coverage=coverage, label_accuracy=None, first_collapse_iteration=None)
     evidence = [] if kind == "none" else [f"{10 - coverage} of 10 digits are missing or far under-represented"]
-    result["collapse"] = {"detected": kind != "none", "kind": kind, "evidence": evidence}
+    result["collapse"] = {
+        "detected": kind != "none", "kind": kind, "evidence": evidence, "severity": "none", "borderline": False,
+    }
     return result
 
 
