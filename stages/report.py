@@ -36,7 +36,10 @@ def main() -> None:
         variant=params.variant.model_dump(mode="json"),
         evaluation=json.loads(layout.EVALUATION.read_text()),
         calibration=json.loads(layout.CALIBRATION.read_text()),
-        sample_grid_png=layout.SAMPLE_GRID.read_bytes(),
+        replica_grids={
+            int(path.stem.removeprefix("replica_")): path.read_bytes()
+            for path in layout.REPLICA_GRIDS.glob("replica_*.png")
+        },
         class_histogram=tables.read_csv(layout.CLASS_HISTOGRAM),
         losses=tables.read_csv(layout.LOSS_HISTORY),
         collapse_curve=tables.read_csv(layout.COLLAPSE_CURVE),
@@ -55,7 +58,9 @@ def main() -> None:
         mlflow.log_artifact(str(layout.REPORTS_DIR / "report.md"), "report")
         # The markdown links figures/<name>.png, so they sit beside it in the run's artifacts too.
         mlflow.log_artifacts(str(layout.REPORTS_DIR / run_report.FIGURE_DIR), f"report/{run_report.FIGURE_DIR}")
-    print(f"wrote {layout.REPORTS_DIR}/report.html and report.md (collapse: {inputs.evaluation['collapse']['kind']})")
+    s = inputs.evaluation["summary"]
+    print(f"wrote {layout.REPORTS_DIR}/report.html and report.md (collapse in {s['collapsed']} of {s['evaluated']} "
+          f"evaluated replicas, {s['diverged']} diverged)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+
+from pipeline.instrument.rates import wilson_interval
 
 from tests.conftest import dvc, dvc_env, git, new_repo, runs, tiny_params, wait_for_queue
 
@@ -37,7 +40,7 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert "Running stage" not in again and "up to date" in again
 
     dvc(repo, "exp", "run", "-S", "model=wgan")
-    dvc(repo, "exp", "run", "-S", "model=cgan")
+    dvc(repo, "exp", "run", "-S", "model=cgan", "-S", "replicas=3")  # the replica axis from the command line
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
     models = set()
@@ -57,12 +60,13 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert set(by_model) == {"vanilla", "wgan", "cgan"}
     for name, run in by_model.items():
         assert run.info.status == "FINISHED"
-        assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"] and run.data.tags["replicas"] == "2"
+        replicas = 3 if name == "cgan" else 2
+        assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"] and run.data.tags["replicas"] == str(replicas)
         assert "eval_fld" in run.data.metrics
         assert run.data.params["model"] == name
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         assert {"evaluation", "report"} <= artifacts, artifacts
-        assert [c.data.tags["replica"] for c in children[name]] == ["0", "1"]
+        assert [c.data.tags["replica"] for c in children[name]] == [str(r) for r in range(replicas)]
         for child in children[name]:  # each replica: its params, losses and sample grids
             assert child.info.status == "FINISHED" and "d_loss" in child.data.metrics
             assert child.data.params["model"] == name and child.data.params["replica_seed"] == child.data.tags["replica_seed"]
@@ -78,13 +82,39 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     for child in children["cgan"]:  # one generator model per replica
         assert any(m.source_run_id == child.info.run_id and m.name == "generator" for m in logged_models)
 
+    # The cgan experiment (in the workspace now): a collapse rate over its three replicas with its Wilson
+    # interval, medians, one CSV row per replica, and the MLflow parent/children holding the same numbers.
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    k, n = metrics["collapsed"], metrics["evaluated"]
+    assert metrics["replicas"] == 3 and n + metrics["diverged"] == 3
+    assert metrics["collapse_rate"] == pytest.approx(k / n)
+    assert metrics["collapse_rate_ci"] == pytest.approx(wilson_interval(k, n), abs=1e-6)
+    assert metrics["fld"] > 0 and metrics["fld_iqr"] >= 0 and metrics["n_samples"] == 400
+    table = pd.read_csv(repo / "outputs/evaluate/replicas.csv")
+    assert table["replica"].tolist() == [0, 1, 2] and table["seed"].nunique() == 3
+    assert table["fld"].median() == pytest.approx(metrics["fld"], rel=1e-4)
+    for child, row in zip(children["cgan"], table.itertuples()):
+        child = mlflow.get_run(child.info.run_id)  # re-read: evaluation added to it after training
+        assert child.data.tags["collapse"] == row.collapse
+        assert child.data.metrics["eval_fld"] == pytest.approx(row.fld, rel=1e-4)
+    cgan_parent = mlflow.get_run(by_model["cgan"].info.run_id).data
+    assert cgan_parent.metrics["collapse_rate"] == pytest.approx(metrics["collapse_rate"])
+    assert cgan_parent.metrics["collapse_rate_ci_hi"] == pytest.approx(metrics["collapse_rate_ci"][1])
+
     # DVC's own views.
     assert "fld" in dvc(repo, "metrics", "show").stdout
     diff = dvc(repo, "params", "diff", "HEAD").stdout  # the workspace holds the cgan experiment
     assert "model" in diff and "vanilla" in diff and "cgan" in diff
     dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
-    assert "sample_grid.png" in html and "Losses" in html
+    assert "replica_2.png" in html and "Losses" in html and "FLD per replica" in html
+
+    # `ganpipe compare` reads the trainings back: the cgan row is one training of three replicas.
+    compared = subprocess.run(["ganpipe", "compare", "--out-dir", str(tmp_path / "comparison")], cwd=repo,
+                              env=dvc_env(repo), capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    lo, hi = metrics["collapse_rate_ci"]
+    assert f"cgan {k}/{n} [{lo:.2f}, {hi:.2f}]" in (tmp_path / "comparison" / "comparison.md").read_text()
 
     # The instrument on the pipeline's own samples (a CGAN: samples carry requested labels).
     out = subprocess.run(
@@ -111,5 +141,5 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     for run in seed1:
         assert run.info.status == "FINISHED"
         local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation/evaluation.json"))
-        assert json.loads(local.read_text())["n_samples"] == 400
+        assert json.loads(local.read_text())["summary"]["n_samples"] == 400  # the median over replicas
         assert str(repo / "mlartifacts") in run.info.artifact_uri.replace("file://", "")

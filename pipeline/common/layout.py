@@ -26,6 +26,8 @@ SAMPLES = EVALUATE_DIR / "samples.npz"
 SAMPLE_GRID = EVALUATE_DIR / "sample_grid.png"
 CLASS_HISTOGRAM = EVALUATE_DIR / "class_histogram.csv"
 MODE_HISTOGRAM = EVALUATE_DIR / "mode_histogram.csv"  # Stacked MNIST: samples per digit triple
+REPLICA_TABLE = EVALUATE_DIR / "replicas.csv"  # one row per replica
+REPLICA_GRIDS = EVALUATE_DIR / "grids"  # replica_<r>.png, every evaluated replica's fixed-noise grid
 
 METRICS_DIR = Path("metrics")
 EVALUATOR_METRICS = METRICS_DIR / "evaluator.json"

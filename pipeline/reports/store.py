@@ -1,8 +1,11 @@
 """Reading finished pipeline runs back from the MLflow store, for `ganpipe compare`.
 
-Every run the pipeline logs carries the tags `model` and `seed`, the step metrics of training (d_loss,
-g_loss, w_estimate for WGAN; train_* from the in-training check), the final `eval_*` metrics, the
-`collapse` tag, and the artifacts evaluation/evaluation.json and evaluation/sample_grid.png.
+A training is a parent run (tags `model`, `seed`, `replicas`) with one nested child run per replica
+(tags `mlflow.parentRunId`, `replica`, `replica_seed`). Each child carries the step metrics of training
+(d_loss, g_loss, w_estimate for WGAN; train_* from the in-training check), its final `eval_*` metrics,
+the `collapse` tag (the verdict kind, or "diverged") and the artifacts evaluation/evaluation.json and
+evaluation/sample_grid.png. A run logged before replicas existed has no children and carries all of this
+itself: it is shown as a training with one replica.
 """
 
 from __future__ import annotations
@@ -28,20 +31,50 @@ _FIX = (
 
 
 @dataclass
+class ReplicaData:
+    """One replica of a training: a nested child run, or an old single run standing as its only replica."""
+
+    index: int
+    run_id: str
+    seed: str  # the replica's own seed
+    metrics: dict[str, float]  # its eval_* metrics without the prefix
+    collapse: str  # the verdict kind, "diverged", or "not evaluated"
+    evidence: list[str] = field(default_factory=list)
+    grid_png: bytes | None = None
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def collapsed(self) -> bool | None:
+        """True/False for an evaluated replica; None for a diverged or not yet evaluated one."""
+        return None if self.collapse in ("diverged", "not evaluated") else self.collapse != "none"
+
+
+@dataclass
 class RunData:
+    """One training: a parent run with its replicas, or an old run without children (one replica)."""
+
     run_id: str
     model: str
     seed: str
     name: str
-    metrics: dict[str, float]  # the final evaluation, without the eval_ prefix
-    collapse: str  # the verdict kind, or "not evaluated"
+    metrics: dict[str, float]  # the final evaluation, without the eval_ prefix (a parent's: medians)
+    collapse: str  # an old single run's verdict kind, or "not evaluated"; a parent's is per replica
     evidence: list[str] = field(default_factory=list)
     grid_png: bytes | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, then one column per HISTORY_KEYS logged
+    children: list[ReplicaData] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         return f"{self.model} s{self.seed}"
+
+    @property
+    def replicas(self) -> list[ReplicaData]:
+        """The nested replica runs; a run logged before replicas existed is its own single replica."""
+        if self.children:
+            return self.children
+        return [ReplicaData(0, self.run_id, self.seed, self.metrics, self.collapse, self.evidence, self.grid_png,
+                            self.history)]
 
 
 def open_store(root: Path) -> str:
@@ -72,7 +105,8 @@ def _search(experiment_ids: list[str]) -> pd.DataFrame:
 
     frame = mlflow.search_runs(experiment_ids=experiment_ids, order_by=["attributes.start_time DESC"])
     # An experiment without runs comes back as a frame without columns; give it the ones used below.
-    for column in ("run_id", "status", "tags.model", "tags.seed", "tags.collapse", "tags.mlflow.runName"):
+    for column in ("run_id", "status", "tags.model", "tags.seed", "tags.collapse", "tags.mlflow.runName",
+                   "tags.mlflow.parentRunId", "tags.replica", "tags.replica_seed", "experiment_id"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -104,7 +138,8 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
                 "Or pass --experiment with one of the names it holds."
             )
         frame = _search([exp.experiment_id])
-        frame = frame[(frame["status"] == "FINISHED") & frame["tags.model"].notna()]
+        # Replica runs are shown under their training (the parent), not as trainings of their own.
+        frame = frame[(frame["status"] == "FINISHED") & frame["tags.model"].notna() & frame["tags.mlflow.parentRunId"].isna()]
     available = sorted(frame["tags.model"].dropna().unique())
     if models:
         frame = frame[frame["tags.model"].isin(models)]
@@ -146,28 +181,63 @@ def _artifact(run_id: str, path: str) -> bytes | None:
             return None
 
 
-def fetch(row: pd.Series) -> RunData:
-    """Everything the comparison shows about one run."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    metrics = {
+def _eval_metrics(row: pd.Series) -> dict[str, float]:
+    return {
         col.removeprefix("metrics.eval_"): float(v)
         for col, v in row.items()
         if col.startswith("metrics.eval_") and pd.notna(v)
     }
-    evaluation = _artifact(row["run_id"], "evaluation/evaluation.json")
-    evidence = json.loads(evaluation)["collapse"]["evidence"] if evaluation else []
+
+
+def _evidence(run_id: str) -> list[str]:
+    evaluation = _artifact(run_id, "evaluation/evaluation.json")
+    if not evaluation:
+        return []
+    document = json.loads(evaluation)
+    return document["collapse"]["evidence"] if "collapse" in document else []
+
+
+def _children(parent_id: str, experiment_id: str) -> list[ReplicaData]:
+    """The parent's nested replica runs, by replica index."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    frame = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    out = []
+    for _, row in frame.iterrows():
+        tags = {c.removeprefix("tags."): v for c, v in row.items() if c.startswith("tags.") and isinstance(v, str)}
+        collapse = tags.get("collapse") or ("diverged" if row["status"] == "FAILED" else "not evaluated")
+        out.append(ReplicaData(
+            index=int(tags.get("replica", len(out))),
+            run_id=row["run_id"],
+            seed=tags.get("replica_seed", ""),
+            metrics=_eval_metrics(row),
+            collapse=collapse,
+            evidence=_evidence(row["run_id"]) if collapse not in ("none", "diverged", "not evaluated") else [],
+            grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png"),
+            history=_history(client, row["run_id"]),
+        ))
+    return sorted(out, key=lambda r: r.index)
+
+
+def fetch(row: pd.Series) -> RunData:
+    """Everything the comparison shows about one training: its own run and, if it has them, its replicas."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    children = _children(row["run_id"], row["experiment_id"]) if isinstance(row.get("experiment_id"), str) else []
+    single = not children  # an old run: its own evaluation, grid and history are the replica's
     return RunData(
         run_id=row["run_id"],
         model=row["tags.model"] if isinstance(row["tags.model"], str) else "unknown",
         seed=str(row["tags.seed"]),
         name=str(row["tags.mlflow.runName"] or ""),
-        metrics=metrics,
+        metrics=_eval_metrics(row),
         collapse=row["tags.collapse"] if isinstance(row["tags.collapse"], str) else "not evaluated",
-        evidence=evidence,
-        grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png"),
-        history=_history(client, row["run_id"]),
+        evidence=_evidence(row["run_id"]) if single else [],
+        grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png") if single else None,
+        history=_history(client, row["run_id"]) if single else pd.DataFrame({"step": []}),
+        children=children,
     )
 
 
