@@ -20,15 +20,16 @@ def main() -> None:
         result = train_tracked(
             params, root, data, classifier, ref, progress=lambda done, total: bar.update(task, completed=done)
         )
-    save_generator(layout.GENERATOR, result.generator, params.variant)
-    tables.write_csv(layout.LOSS_HISTORY, result.losses)
-    tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
-    atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id})
-    # Only results go in the metrics file, so the same params and seed give an identical file; the
-    # wall time and device are logged to MLflow instead.
-    final = {k: round(v, 6) for k, v in result.final_losses.items()}
-    atomic.write_json(layout.TRAIN_METRICS, {**final, "iterations": params.variant.iterations})
-    finish_run(result, params.variant.iterations)
+    with tracking.run_outcome(result.run_id):  # interrupted while saving: KILLED, never FINISHED
+        save_generator(layout.GENERATOR, result.generator, params.variant)
+        tables.write_csv(layout.LOSS_HISTORY, result.losses)
+        tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
+        atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id})
+        # Only results go in the metrics file, so the same params and seed give an identical file; the
+        # wall time and device are logged to MLflow instead.
+        final = {k: round(v, 6) for k, v in result.final_losses.items()}
+        atomic.write_json(layout.TRAIN_METRICS, {**final, "iterations": params.variant.iterations})
+        finish_run(result, params.variant.iterations)
     checkpoint_path(params, root).unlink(missing_ok=True)  # finished: nothing left to resume
     resumed = f" (resumed from iteration {result.resumed_from})" if result.resumed_from else ""
     print(f"trained {params.model} on {result.device} in {result.seconds:.1f} s{resumed}; MLflow run {result.run_id}")

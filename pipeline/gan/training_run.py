@@ -17,7 +17,7 @@ import torch
 from pipeline.gan import checkpoints, sampling
 from pipeline.common import devices, tracking
 from pipeline.instrument import evaluation
-from pipeline.common.errors import TrainingDiverged
+from pipeline.common.errors import Interrupted, TrainingDiverged
 from pipeline.instrument.evaluator import MnistCNN
 from pipeline.data.mnist import MNIST
 from pipeline.common.params import Params, flatten
@@ -126,7 +126,10 @@ def train_tracked(
     schedule = Schedule(v.iterations, t.log_every, t.checkpoint_every, t.sample_every, t.eval_every)
     start = time.perf_counter()
     try:
-        fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
+        with tracking.run_outcome(result.run_id):  # Ctrl-C/SIGTERM: KILLED; any other error: FAILED
+            fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_message(params, ckpt_path)) from None
     except NonFiniteTraining as exc:
         metrics.flush()
         reason = (
@@ -134,8 +137,8 @@ def train_tracked(
             f"(objective {v.objective}, optimizer {v.optimizer}, lr {v.lr}, batch_size {v.batch_size}, "
             f"n_critic {v.n_critic}, clip {v.clip}, seed {params.seed})"
         )
-        mlflow.set_tag("failure_reason", reason)
-        mlflow.end_run(status="FAILED")
+        # run_outcome has ended the run FAILED; the reason replaces its generic one.
+        mlflow.MlflowClient().set_tag(result.run_id, "failure_reason", reason)
         last_good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was reached"
         raise TrainingDiverged(
             f"{reason}; {last_good}. Lower variants.{params.model}.lr, switch the objective to bce_logits "
@@ -145,6 +148,22 @@ def train_tracked(
     metrics.flush()
     result.final_losses = {k: val for k, val in result.losses[-1].items() if k != "step"}
     return result
+
+
+def _interrupted_message(params: Params, ckpt_path: Path) -> str:
+    """What an interrupted training leaves: the resume promise only when a checkpoint exists."""
+    if ckpt_path.is_file():
+        step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["trainer"]["step"]
+        return (
+            f"training of {params.model} interrupted; its MLflow run is marked KILLED. The checkpoint at "
+            f"generator iteration {step} is kept in {ckpt_path}: run `dvc repro` (or the same `dvc exp run`) "
+            "again to resume from it in the same MLflow run."
+        )
+    return (
+        f"training of {params.model} interrupted before its first checkpoint (every "
+        f"train.checkpoint_every = {params.train.checkpoint_every} iterations); its MLflow run is marked "
+        "KILLED. There is nothing to resume: run `dvc repro` again to train from the start."
+    )
 
 
 def finish_run(result: RunResult, iterations: int) -> None:
