@@ -17,6 +17,9 @@ from pipeline.gan.variants import load_generator
 
 def main() -> None:
     params = load_params()
+    tracking.check_store(tracking.tracking_uri(layout.repo_root()))  # a bad store fails before the work
+    for out in (layout.SAMPLES, layout.EVALUATION, layout.EVALUATE_METRICS):
+        atomic.check_writable(out)  # so does an unwritable output folder
     generator, variant = load_generator(layout.GENERATOR)
     classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
     calibration = json.loads(layout.CALIBRATION.read_text())
