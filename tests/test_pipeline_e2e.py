@@ -111,23 +111,25 @@ OUTPUTS = (
 
 
 def test_run_cache_reuses_stages_restores_trained_params_and_a_refused_param_deletes_nothing(tmp_path, shared_cache):
-    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    params = tiny_params()
+    params["seed"] = 21  # seeds 21 and 22 are trained by no other test sharing the DVC cache
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
     dvc(repo, "repro")
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "baseline results", cwd=repo)
 
     # A --temp experiment runs in a fresh copy: unchanged stages come from the cache, not from a re-run.
-    temp = dvc(repo, "exp", "run", "--temp", "-S", "seed=1").stdout
+    temp = dvc(repo, "exp", "run", "--temp", "-S", "seed=22").stdout
     for stage in ("evaluator", "calibrate"):
         assert f"Running stage '{stage}'" not in temp, temp
     assert "Running stage 'train'" in temp
 
     # Back in the workspace, a param set trained before is restored from the run cache, not retrained.
-    for seed in ("1", "0"):
+    for seed in ("22", "21"):
         out = dvc(repo, "exp", "run", "-S", f"seed={seed}").stdout
         assert "Running stage 'train'" not in out and "Stage 'train' is cached" in out, out
         assert yaml.safe_load((repo / "params.yaml").read_text())["seed"] == int(seed)
-    assert len(runs(repo)) == 2  # seed 0 and seed 1, each trained once
+    assert len(runs(repo)) == 2  # seed 21 and seed 22, each trained once
 
     # A refused param stops DVC before any stage deletes its outputs.
     before = {p: (repo / p).read_bytes() for p in OUTPUTS}

@@ -18,6 +18,7 @@ import mlflow
 import psutil
 import pytest
 import torch
+import yaml
 
 from tests.conftest import dvc, dvc_env, new_repo, runs, tiny_params
 
@@ -118,8 +119,16 @@ def test_divergence_stops_training_keeps_the_last_good_checkpoint_and_fails_the_
     assert "diverged" in run.data.tags["failure_reason"]
 
 
+def unique_seed(seed: int) -> dict:
+    """Tiny params with a seed no other test trains: the shared DVC cache's run cache would otherwise
+    restore another test's training, which logs nothing to this repository's MLflow store."""
+    params = tiny_params()
+    params["seed"] = seed
+    return params
+
+
 def test_same_params_and_seed_give_identical_metrics_files(tmp_path, shared_cache):
-    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    repo = new_repo(tmp_path / "repo", unique_seed(11), shared_cache)
     dvc(repo, "repro")
     first = {name: (repo / "metrics" / name).read_text() for name in ("train.json", "evaluate.json")}
     dvc(repo, "repro", "--force", "--single-item", "train")
@@ -176,7 +185,7 @@ def mlflow_server(tmp_path):
 
 
 def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, mlflow_server):
-    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    repo = new_repo(tmp_path / "repo", unique_seed(12), shared_cache)
     dvc(repo, "repro", env=dvc_env(repo, MLFLOW_TRACKING_URI=mlflow_server))
     assert not (repo / "mlflow.db").exists()  # nothing went to the local store
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
@@ -185,3 +194,53 @@ def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, m
     assert "eval_fld" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluation", "report"} <= artifacts
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"training ended before {what}:\n{proc.communicate()[1]}"
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.2)
+
+
+def _training_run(repo: Path):
+    try:
+        found = [r for r in runs(repo) if r.data.params]  # params logged: training has started
+    except Exception:  # the store is being created
+        return None
+    return found[0] if found else None
+
+
+def test_interrupted_training_ends_its_run_killed_and_promises_a_resume_only_with_a_checkpoint(tmp_path, shared_cache):
+    params = tiny_params(iterations=20000)
+    params["train"].update(checkpoint_every=20000, log_every=100, eval_every=20000, sample_every=20000)
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
+    dvc(repo, "repro", "calibrate")  # the train stage's inputs, from the shared run cache
+
+    # Ctrl-C before the first checkpoint: nothing to resume, and the message says so.
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=dvc_env(repo),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _training_run(repo) is not None, "an MLflow run", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted before its first checkpoint" in err and "nothing to resume" in err
+    (run,) = runs(repo)
+    assert run.info.status == "KILLED"
+
+    # SIGTERM (`kill`, `dvc queue kill`) after a checkpoint: KILLED too, and the resume point is named.
+    params["train"]["checkpoint_every"] = 100
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checkpoints = repo / ".ganpipe" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=dvc_env(repo),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(checkpoints.glob("*.pt")), "a checkpoint", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    step = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)["trainer"]["step"]
+    assert f"checkpoint at generator iteration {step}" in err and "resume" in err
+    statuses = sorted(r.info.status for r in runs(repo))
+    assert statuses == ["KILLED", "KILLED"]  # neither poses as a finished model
+    assert not (repo / "outputs/train/generator.pt").exists()
