@@ -145,6 +145,7 @@ def test_same_params_and_seed_give_identical_metrics_files(tmp_path, shared_cach
         ("notascheme://somewhere", "not a tracking URI"),
         ("http://", "no host"),
         ("sqlite:////no/such/folder/mlflow.db", "does not exist"),
+        ("file:///tmp/mlruns", "folder store"),
     ],
 )
 def test_a_bad_tracking_uri_fails_before_training_starts(tmp_path, shared_cache, uri, says):
