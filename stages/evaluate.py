@@ -8,11 +8,13 @@ from pipeline.common import atomic, layout, tables, tracking
 from pipeline.instrument import evaluator, reference
 from pipeline.gan import sampling
 from pipeline.common.console import run_main, stderr
-from pipeline.instrument.evaluation import evaluate_images, first_collapse_step, metrics_for_dvc, requested_labels
+from pipeline.instrument.evaluation import (
+    evaluate_images, first_collapse_step, first_full_coverage_step, metrics_for_dvc, requested_labels,
+)
 from pipeline.reports.figures import save_png
 from pipeline.common.params import load_params
 from pipeline.gan.training_run import GRID_SEED_OFFSET
-from pipeline.gan.variants import load_generator
+from pipeline.gan.generator_file import load_generator
 
 
 def main() -> None:
@@ -29,6 +31,9 @@ def main() -> None:
         images = sampling.to_uint8(sampling.sample(generator, n, seed=params.seed, labels=labels))
         result = evaluate_images(images, labels, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
     curve = tables.read_csv(layout.COLLAPSE_CURVE)
+    if "replica" in curve:  # until evaluation is per replica: replica 0, the generator evaluated here
+        curve = curve[curve["replica"] == 0]
+    result["first_full_coverage_iteration"] = first_full_coverage_step(curve)
     result["first_collapse_iteration"] = first_collapse_step(curve)
     grid = sampling.sample_grid(generator, params.seed + GRID_SEED_OFFSET)
 
@@ -51,7 +56,8 @@ def main() -> None:
         mlflow.log_dict(result, "evaluation/evaluation.json")
         mlflow.log_image(grid, "evaluation/sample_grid.png")
     verdict = result["collapse"]
-    print(f"collapse: {verdict['kind']}" + "".join(f"\n  - {e}" for e in verdict["evidence"]))
+    headline = f"collapse: {verdict['kind']} (severity {verdict['severity']}, borderline {verdict['borderline']})"
+    print(headline + "".join(f"\n  - {e}" for e in verdict["evidence"]))
 
 
 if __name__ == "__main__":

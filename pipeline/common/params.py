@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from pipeline.common import params_errors
@@ -43,12 +45,12 @@ class Strict(BaseModel):
 
 
 class VariantParams(Strict):
-    """One GAN variant: the objective, the nets and the optimiser. All variants share one MLP shape."""
+    """One GAN variant: the objective, the nets and the optimiser, and the mechanisms that change D."""
 
-    objective: Literal["minimax", "bce_logits", "wasserstein"]
+    objective: Literal["minimax", "bce_logits", "wasserstein", "hinge"]
     conditional: bool
     z_dim: PositiveInt
-    hidden: PositiveInt
+    hidden: PositiveInt  # the MLP's hidden units, or the DCGAN's base channel count
     batch_size: PositiveInt
     iterations: PositiveInt
     optimizer: Literal["adam", "rmsprop"]
@@ -58,17 +60,56 @@ class VariantParams(Strict):
         Field(description="a list of two numbers (beta1 and beta2), each >= 0 and < 1, e.g. [0.9, 0.999]"),
     ]
     n_critic: PositiveInt
+    gradient_penalty: PositiveFloat | None  # WGAN-GP's lambda; null: no penalty
     clip: PositiveFloat | None
+    arch: Literal["mlp", "dcgan"]
+    pack: PositiveInt  # PacGAN's m: D judges m samples at once; 1: no packing
+    spectral_norm: bool
+
+    @field_validator("gradient_penalty")
+    @classmethod
+    def _penalty_belongs_to_a_critic(cls, penalty: float | None, info: ValidationInfo) -> float | None:
+        objective = info.data.get("objective")
+        if penalty is not None and objective not in (None, "wasserstein"):
+            raise ValueError(
+                f"the gradient penalty (WGAN-GP) pushes a wasserstein critic's gradient norm to 1 and is not "
+                f"defined for the {objective} objective: set it to null, or set objective to wasserstein"
+            )
+        return penalty
 
     @field_validator("clip")
     @classmethod
     def _wasserstein_needs_a_lipschitz_constraint(cls, clip: float | None, info: ValidationInfo) -> float | None:
-        if clip is None and info.data.get("objective") == "wasserstein":
+        if info.data.get("objective") != "wasserstein":
+            return clip
+        penalty = info.data.get("gradient_penalty")
+        if clip is None and penalty is None and "gradient_penalty" in info.data:
             raise ValueError(
-                "a wasserstein critic needs weight clipping, so clip must be a number > 0 (the WGAN paper "
-                "uses 0.01)"
+                "a wasserstein critic needs weight clipping or a gradient penalty to keep it Lipschitz: set clip "
+                "to a number > 0 (the WGAN paper uses 0.01) or gradient_penalty to a number > 0 (WGAN-GP uses 10)"
+            )
+        if clip is not None and penalty is not None:
+            raise ValueError(
+                "the gradient penalty replaces weight clipping (WGAN-GP clips nothing; clipping both restricts "
+                "the critic twice): set clip to null, or gradient_penalty to null"
             )
         return clip
+
+    @field_validator("pack")
+    @classmethod
+    def _packs_fill_the_batch(cls, pack: int, info: ValidationInfo) -> int:
+        batch = info.data.get("batch_size")
+        if batch and batch % pack:
+            raise ValueError(
+                f"D judges the batch in packs of {pack} samples, so batch_size ({batch}) must be a multiple of "
+                "pack: change one of the two"
+            )
+        if pack > 1 and info.data.get("gradient_penalty") is not None:
+            raise ValueError(
+                "packing with a gradient penalty is not supported (the penalty takes one gradient norm per "
+                "sample, a packed critic scores packs): set pack to 1 or gradient_penalty to null"
+            )
+        return pack
 
 
 class DownloadParams(Strict):
@@ -84,6 +125,7 @@ class EvaluatorParams(Strict):
     batch_size: PositiveInt
     lr: PositiveFloat
     train_subset: PositiveInt | None
+    holdout: NonNegativeInt  # training images kept from the evaluator and the reference for real baselines
     ndb_bins: PositiveInt
     kmeans_fit_size: PositiveInt
     seed: NonNegativeInt
@@ -96,7 +138,10 @@ class TrainParams(Strict):
     sample_every: PositiveInt
     eval_every: PositiveInt
     eval_samples: PositiveInt
-    compile: bool
+    threads: Annotated[
+        Literal["auto"] | PositiveInt,
+        Field(description="auto, or a number of CPU threads >= 1 (e.g. 1)"),
+    ]
 
     @field_validator("device")
     @classmethod
@@ -126,10 +171,22 @@ class VerdictParams(Strict):
     (it also defines class_coverage during training); calibration refuses it if real data crosses it.
     """
 
-    min_share_ratio: Fraction  # a digit is covered when its share is >= this x its share in MNIST
-    class_kl_margin: PositiveFloat  # nats above the highest real class KL
+    missing_share_ratio: Fraction  # a digit below this x its MNIST share is missing: severe inter-class collapse
+    min_share_ratio: Fraction  # below this x its MNIST share a digit is far under-represented: inter-class collapse
+    imbalance_share_ratio: Fraction  # below this (but above min_share_ratio): imbalance, not collapse
+    class_kl_margin: PositiveFloat  # nats above the highest real class KL: imbalance
     diversity_factor: Fraction  # intra-class diversity below this x the lowest real ratio
     duplicate_rate_margin: Fraction  # above the highest real duplicate rate
+    spread_factor: Fraction  # neighbour spread below this x the lowest real value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "VerdictParams":
+        if not self.missing_share_ratio <= self.min_share_ratio <= self.imbalance_share_ratio:
+            raise ValueError(
+                "the share ratios must be ordered missing_share_ratio <= min_share_ratio <= imbalance_share_ratio "
+                "(e.g. 0.1, 0.25, 0.4)"
+            )
+        return self
 
 
 class EvaluateParams(Strict):
@@ -140,6 +197,8 @@ class EvaluateParams(Strict):
     ndb_alpha: Fraction
     duplicate_quantile: Fraction
     calibration_subsets: PositiveInt
+    interval_confidence: Fraction  # level of every interval the instrument reports
+    bootstrap_draws: PositiveInt  # resamples behind the bootstrap intervals
     verdict: VerdictParams
 
 
@@ -150,6 +209,7 @@ class ReportParams(Strict):
 class Params(Strict):
     model: Annotated[str, Field(description="the name of one of the presets under `variants`")]
     seed: NonNegativeInt
+    replicas: Annotated[PositiveInt, Field(description="how many independent replicas of the variant to train, >= 1")]
     download: DownloadParams
     evaluator: EvaluatorParams
     train: TrainParams
@@ -174,8 +234,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         what = "is empty" if raw is None else f"holds {type(raw).__name__} {params_errors.show(raw)}"
         raise GanpipeError(
-            f"{source} {what}, but it must hold a mapping of keys to values (model, seed, download, "
-            "evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
+            f"{source} {what}, but it must hold a mapping of keys to values (model, seed, replicas, "
+            "download, evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
             "or fix its top level."
         )
     problems: list[str] = []

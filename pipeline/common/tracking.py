@@ -354,3 +354,67 @@ def reopen_run(root: Path, run_id: str, model: str, seed: int):
         name, tags = run_identity(model, seed)
         tags["ganpipe.training_run_missing"] = run_id
         return retry_locked(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags))
+
+
+# --- replicas: one parent run per training, one nested child run per replica -----------------------
+
+
+def training_identity(model: str, seed: int, replicas: int, cwd: Path | None = None) -> tuple[str, dict[str, str]]:
+    """The parent run's name `<dvc experiment>-<model>` and its tags (run_identity's, plus `replicas`)."""
+    _, tags = run_identity(model, seed, cwd)
+    return f"{tags['dvc_exp_name']}-{model}", {**tags, "replicas": str(replicas)}
+
+
+def _param_batches(flat: dict[str, Any]):
+    from mlflow.entities import Param
+
+    params = [Param(k, "null" if v is None else str(v)) for k, v in flat.items()]
+    for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+        yield params[start : start + 100]
+
+
+def log_params_to(run_id: str, flat: dict[str, Any]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for chunk in _param_batches(flat):
+        retry_locked(lambda: client.log_batch(run_id, params=chunk))
+
+
+def start_replica_runs(
+    experiment_id: str,
+    parent_id: str,
+    parent_name: str,
+    parent_tags: dict[str, str],
+    seeds: list[int],
+    flat_params: dict[str, Any],
+) -> list[str]:
+    """One child run per replica under the parent: name `<parent>-r<r>`, tags replica and replica_seed."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    ids = []
+    for r, seed in enumerate(seeds):
+        tags = {**parent_tags, "mlflow.parentRunId": parent_id, "replica": str(r), "replica_seed": str(seed)}
+        run = retry_locked(lambda: client.create_run(experiment_id, run_name=f"{parent_name}-r{r}", tags=tags))
+        log_params_to(run.info.run_id, {**flat_params, "replica": r, "replica_seed": seed})
+        ids.append(run.info.run_id)
+    return ids
+
+
+def reopen_runs(run_ids: list[str]) -> None:
+    """Mark runs of an interrupted training RUNNING again when training resumes into them."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        retry_locked(lambda: client.update_run(run_id, status="RUNNING"))
+
+
+def end_run_failed(run_id: str, reason: str) -> None:
+    """A run that did not produce a result: status FAILED and a `failure_reason` tag saying why."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    retry_locked(lambda: client.set_tag(run_id, "failure_reason", reason))
+    retry_locked(lambda: client.set_terminated(run_id, status="FAILED"))
