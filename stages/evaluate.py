@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from pipeline.common import atomic, layout, replica_tracking, tables
+from pipeline.common import atomic, layout, replica_tracking, tables, tracking
 from pipeline.common.console import run_main, stderr
 from pipeline.common.errors import GanpipeError
 from pipeline.common.params import load_params
@@ -24,6 +24,9 @@ from pipeline.reports.figures import save_png
 
 def main() -> None:
     params = load_params()
+    tracking.check_store(tracking.tracking_uri(layout.repo_root()))  # a bad store fails before the work
+    for out in (layout.SAMPLES, layout.EVALUATION, layout.EVALUATE_METRICS):
+        atomic.check_writable(out)  # so does an unwritable output folder
     replicas, variant = load_generators(layout.GENERATOR)
     if all(rep.generator is None for rep in replicas):
         reasons = "; ".join(f"replica {rep.index}: {rep.diverged}" for rep in replicas)

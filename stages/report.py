@@ -15,6 +15,7 @@ from pipeline.reports.neighbours import nearest_training
 
 def main() -> None:
     params = load_params()
+    tracking.check_store(tracking.tracking_uri(layout.repo_root()))  # a bad store fails before the work
     run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
     with stderr.status("finding the samples' nearest training images"):
         with np.load(layout.SAMPLES) as f:

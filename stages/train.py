@@ -25,16 +25,17 @@ def main() -> None:
             params, root, data, classifier, ref, progress=lambda done, total: bar.update(task, completed=done),
             stacked=stacked,
         )
-    diverged = [result.diverged.get(r) for r in range(params.replicas)]
-    channels = training_set.CHANNELS[params.dataset]
-    save_generators(layout.GENERATOR, result.generators(), params.variant, result.seeds, diverged, channels)
-    tables.write_csv(layout.LOSS_HISTORY, result.losses)
-    tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
-    atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id, "replica_run_ids": result.replica_run_ids})
-    # Only results go in the metrics file, so the same params and seed give an identical file; the
-    # wall time, threads and device are logged to MLflow instead.
-    atomic.write_json(layout.TRAIN_METRICS, train_metrics(result.final_losses, params.variant.iterations, diverged))
-    finish_run(result, params.variant.iterations)
+    with tracking.run_outcome(result.run_id):  # interrupted while saving: KILLED, never FINISHED
+        diverged = [result.diverged.get(r) for r in range(params.replicas)]
+        channels = training_set.CHANNELS[params.dataset]
+        save_generators(layout.GENERATOR, result.generators(), params.variant, result.seeds, diverged, channels)
+        tables.write_csv(layout.LOSS_HISTORY, result.losses)
+        tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
+        atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id, "replica_run_ids": result.replica_run_ids})
+        # Only results go in the metrics file, so the same params and seed give an identical file; the
+        # wall time, threads and device are logged to MLflow instead.
+        atomic.write_json(layout.TRAIN_METRICS, train_metrics(result.final_losses, params.variant.iterations, diverged))
+        finish_run(result, params.variant.iterations)
     checkpoint_path(params, root).unlink(missing_ok=True)  # finished: nothing left to resume
     resumed = f" (resumed from iteration {result.resumed_from})" if result.resumed_from else ""
     lost = f"; {len(result.diverged)} diverged (see MLflow)" if result.diverged else ""

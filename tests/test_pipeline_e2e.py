@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.instrument.rates import wilson_interval
 
@@ -143,3 +144,49 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
         local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation/evaluation.json"))
         assert json.loads(local.read_text())["summary"]["n_samples"] == 400  # the median over replicas
         assert str(repo / "mlartifacts") in run.info.artifact_uri.replace("file://", "")
+
+
+OUTPUTS = (
+    "outputs/params_check.txt", "data/prepared/mnist.npz", "outputs/evaluator/classifier.pt",
+    "outputs/calibration/calibration.json", "outputs/train/generator.pt", "outputs/train/losses.csv",
+    "outputs/train/collapse_curve.csv", "outputs/train/mlflow_run.json", "outputs/evaluate/evaluation.json",
+    "outputs/evaluate/sample_grid.png", "metrics/train.json", "metrics/evaluate.json", "reports/report.html",
+)
+
+
+def test_run_cache_reuses_stages_restores_trained_params_and_a_refused_param_deletes_nothing(tmp_path, shared_cache):
+    params = tiny_params()
+    params["seed"] = 21  # seeds 21 and 22 are trained by no other test sharing the DVC cache
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
+    dvc(repo, "repro")
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "baseline results", cwd=repo)
+
+    # A --temp experiment runs in a fresh copy: unchanged stages come from the cache, not from a re-run.
+    temp = dvc(repo, "exp", "run", "--temp", "-S", "seed=22").stdout
+    for stage in ("evaluator", "calibrate"):
+        assert f"Running stage '{stage}'" not in temp, temp
+    assert "Running stage 'train'" in temp
+
+    # Back in the workspace, a param set trained before is restored from the run cache, not retrained.
+    for seed in ("22", "21"):
+        out = dvc(repo, "exp", "run", "-S", f"seed={seed}").stdout
+        assert "Running stage 'train'" not in out and "Stage 'train' is cached" in out, out
+        assert yaml.safe_load((repo / "params.yaml").read_text())["seed"] == int(seed)
+    assert len(runs(repo)) == 2  # seed 21 and seed 22, each trained once
+
+    # A refused param stops DVC before any stage deletes its outputs.
+    before = {p: (repo / p).read_bytes() for p in OUTPUTS}
+    refused = dvc(repo, "exp", "run", "-S", "seed=-1", check=False)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr
+    assert "seed" in said and "Traceback" not in said
+    assert "Running stage 'train'" not in said and "Running stage 'download'" not in said
+    for path, content in before.items():
+        if path != "outputs/params_check.txt":  # the check's own output: cached, so dvc checkout restores it
+            assert (repo / path).read_bytes() == content, path
+    git("checkout", "params.yaml", cwd=repo)
+    dvc(repo, "checkout")
+    for path, content in before.items():
+        assert (repo / path).read_bytes() == content, path
+    assert "up to date" in dvc(repo, "status").stdout

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.common import devices, tracking
-from pipeline.common.errors import TrainingDiverged
+from pipeline.common.errors import Interrupted, TrainingDiverged
 from pipeline.common.params import Params, flatten
 from pipeline.data.mnist import MNIST
 from pipeline.data.stacked_mnist import StackedMNIST
@@ -180,7 +180,12 @@ def train_tracked(
     schedule = Schedule(v.iterations, t.log_every, t.checkpoint_every, t.sample_every, t.eval_every)
     start = time.perf_counter()
     try:
-        fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
+        with tracking.run_outcome(result.run_id):  # Ctrl-C/SIGTERM: KILLED; any other error: FAILED
+            fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
+    except KeyboardInterrupt:
+        for r in trainer.live:  # the replicas' child runs end with their parent
+            tracking.end_run(result.replica_run_ids[r], "KILLED")
+        raise Interrupted(_interrupted_message(params, ckpt_path)) from None
     except NonFiniteTraining:
         flush()
         for r, divergence in trainer.diverged.items():
@@ -206,6 +211,22 @@ def train_tracked(
         if row["step"] == last_step
     }
     return result
+
+
+def _interrupted_message(params: Params, ckpt_path: Path) -> str:
+    """What an interrupted training leaves: the resume promise only when a checkpoint exists."""
+    if ckpt_path.is_file():
+        step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["trainer"].get("step", "?")
+        return (
+            f"training of {params.model} interrupted; its MLflow run is marked KILLED. The checkpoint at "
+            f"generator iteration {step} is kept in {ckpt_path}: run `dvc repro` (or the same `dvc exp run`) "
+            "again to resume from it in the same MLflow run."
+        )
+    return (
+        f"training of {params.model} interrupted before its first checkpoint (every "
+        f"train.checkpoint_every = {params.train.checkpoint_every} iterations); its MLflow run is marked "
+        "KILLED. There is nothing to resume: run `dvc repro` again to train from the start."
+    )
 
 
 def finish_run(result: RunResult, iterations: int) -> None:

@@ -86,9 +86,18 @@ def open_store(root: Path) -> str:
     scheme = parsed.scheme.split("+")[0]
     if scheme == "sqlite":
         db = Path(parsed.path)
-        if not db.is_file() or db.stat().st_size == 0:
+        # Read-only: opening a database through MLflow would create MLflow's tables in it, so anything
+        # but an existing MLflow database is refused before MLflow sees it.
+        kind = tracking.sqlite_kind(db)
+        if kind in ("missing", "empty"):
             raise GanpipeError(
                 f"there is no MLflow store at {db} (tracking URI {uri}): no run has been logged there. {_FIX}"
+            )
+        if kind != "mlflow":
+            what = "an SQLite database" if kind.startswith("not sqlite") else "an MLflow store"
+            raise GanpipeError(
+                f"{db} (tracking URI {uri}) is not {what} ({kind.split(': ', 1)[1]}); `ganpipe compare` only "
+                f"reads, so it leaves the file as it is. {_FIX}"
             )
     elif scheme in ("file", ""):
         folder = Path(parsed.path if scheme == "file" else uri)
@@ -96,7 +105,7 @@ def open_store(root: Path) -> str:
             raise GanpipeError(f"there is no MLflow store at {folder} (tracking URI {uri}). {_FIX}")
     else:
         tracking.check_store(uri)  # a server: fail fast when it is unreachable
-    mlflow.set_tracking_uri(uri)
+    tracking.use(uri)
     return uri
 
 
