@@ -108,14 +108,16 @@ def _declared_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return out
 
 
-def _check_declared_size(path: Path, max_samples: int) -> None:
+def _check_declared_size(path: Path, max_samples: int, check_shape: bool = True) -> None:
+    """Refuse from the archive's headers alone, before reading: a wrong shape or more images than the cap.
+    Stacked MNIST files check their own shapes after loading (check_shape=False)."""
     declared = _declared_arrays(path)
     if "images" not in declared:
         return
     shape, dtype = declared["images"]
     if not shape or dtype.hasobject:
         return  # a single value or Python objects: refused with their own messages once read
-    if shape[1:] not in SHAPES:
+    if check_shape and shape[1:] not in SHAPES:
         raise _bad(path, f"`images` has shape {shape}, which is not one of the accepted shapes{_shape_hint(shape)}")
     n = shape[0]
     if n > max_samples:
@@ -227,7 +229,7 @@ STACKED_EXPECTED = (
 def load_stacked(path: str | Path, max_samples: int = MAX_SAMPLES) -> np.ndarray:
     """Stacked MNIST samples as (N, 3, 28, 28) float32 in [0, 1]; refused like `load` otherwise."""
     path = Path(path)
-    _check_declared_size(path, max_samples)
+    _check_declared_size(path, max_samples, check_shape=False)
     try:
         images, labels = _load_any_shape(path)
     except GanpipeError as exc:
