@@ -18,7 +18,7 @@ from pipeline.instrument.evaluation import (
     evaluate_images, first_collapse_step, first_full_coverage_step, requested_labels,
 )
 from pipeline.instrument.rates import rate_of
-from pipeline.instrument.replica_summary import ReplicaOutcome, dvc_metrics, evaluation_document, replica_rows
+from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_document, replica_rows
 from pipeline.reports.figures import save_png
 
 
@@ -79,14 +79,13 @@ def main() -> None:
     for index, grid in grids.items():
         save_png(layout.REPLICA_GRIDS / f"replica_{index}.png", grid)
     tables.write_csv(layout.REPLICA_TABLE, replica_rows(outcomes))
-    atomic.write_json(layout.EVALUATION, document)
-    metrics = dvc_metrics(outcomes)
-    if is_stacked:
-        metrics.update(stacked.summary([o.result for o in evaluated]))
+    if is_stacked:  # the mode counts join the summary, so evaluate.json and the MLflow parent both carry them
+        document["summary"].update(stacked.summary([o.result for o in evaluated]))
         tables.write_csv(layout.MODE_HISTOGRAM, stacked.histogram_rows([o.result for o in evaluated]))
     else:  # declared in dvc.yaml for every dataset; MNIST has no digit triples to count
         atomic.write_text(layout.MODE_HISTOGRAM, "mode,samples,uniform\n")
-    atomic.write_json(layout.EVALUATE_METRICS, metrics)
+    atomic.write_json(layout.EVALUATION, document)
+    atomic.write_json(layout.EVALUATE_METRICS, document["summary"])
 
     run_info = json.loads(layout.RUN_INFO.read_text())
     replica_tracking.log_evaluation(layout.repo_root(), run_info, params.model, params.seed, outcomes, grids, document)

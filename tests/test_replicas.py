@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.common.errors import GanpipeError
+from pipeline.common.errors import GanpipeError, Interrupted
 from pipeline.common.params import VariantParams
 from pipeline.gan import threads
 from pipeline.gan.generator_file import load_generator, load_generators, save_generators
@@ -204,10 +204,12 @@ def test_tracked_training_resumes_into_its_runs_and_fails_only_the_diverged_repl
         if step == 40:  # after the checkpoint at 20, before the one at 40: as if the process were killed
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="checkpoint at generator iteration 20"):
         train_tracked(params, tmp_path, small_mnist, classifier, ref, trainer_hook=interrupt)
-    first_parent = mlflow.active_run().info.run_id
-    mlflow.end_run(status="KILLED")
+    (first,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+                if "mlflow.parentRunId" not in r.data.tags]
+    assert first.info.status == "KILLED"  # an interrupted training never poses as finished
+    first_parent = first.info.run_id
 
     def corrupt(trainer, step):
         if step == 40:  # replica 1's critic gets an Inf weight: its losses go NaN in the next window
