@@ -12,7 +12,25 @@ from pipeline.common.console import report_error, stderr
 from pipeline.common.errors import GanpipeError
 from pipeline.common.tracking import EXPERIMENT
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode="markdown")
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ganpipe {version('ganpipe')}")
+        except PackageNotFoundError:  # run from a checkout without `pip install -e .`
+            typer.echo("ganpipe (not installed; run from a source checkout)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """The ganpipe command line: evaluate any sample file, draw from a trained generator, compare runs."""
 
 
 def _fail(exc: GanpipeError) -> None:
@@ -25,14 +43,20 @@ def _root() -> Path:
     return repo_root()
 
 
-@app.command()
+@app.command(epilog="""**Examples**
+
+`ganpipe evaluate --samples outputs/evaluate/samples.npz`
+
+`ganpipe evaluate --samples my_gan.npz --out my_gan.json 2> verdict.txt`
+
+The JSON goes to stdout; a one-line verdict goes to stderr.""")
 def evaluate(
     samples: Path = typer.Option(..., "--samples", help="An .npz with `images` (and optional `labels`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="The params.yaml holding the evaluate settings."),
 ) -> None:
-    """Run the mode-collapse instrument on a sample file; print one JSON object."""
-    from pipeline.common import atomic
+    """Run the mode-collapse instrument on a sample file; print one JSON object (and a verdict line on stderr)."""
+    from pipeline.common import atomic, views
 
     try:
         result = evaluate_file(samples, params_file)
@@ -42,6 +66,7 @@ def evaluate(
     if out:
         atomic.write_text(out, text + "\n")
     typer.echo(text)
+    stderr.print(views.verdict_line(result), highlight=False, soft_wrap=True, markup=False)
 
 
 def evaluate_file(samples: Path, params_file: Path) -> dict:
@@ -73,13 +98,21 @@ def evaluate_file(samples: Path, params_file: Path) -> dict:
         return evaluate_images(images, labels, classifier, ref, calibration, settings, params.evaluator.seed)
 
 
-@app.command()
+@app.command(epilog="""**Examples**
+
+`ganpipe sample --digit 7 --out sevens.png` (the workspace's conditional generator)
+
+`ganpipe sample --exp wgan-tiny --n 1000 --out wgan.npz` (a DVC experiment, as `dvc exp ls` names it)
+
+`ganpipe sample --run-id 3f2a... --out grid.png` (an MLflow run's logged generator)""")
 def sample(
     digit: Optional[int] = typer.Option(None, "--digit", min=0, max=9, help="The digit to draw (conditional models)."),
     n: int = typer.Option(100, "--n", min=1, help="How many images."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     out: Path = typer.Option(Path("samples.png"), "--out", help="A .png grid or an .npz of images."),
     generator_path: Optional[Path] = typer.Option(None, "--generator", help="Default: the pipeline's trained generator."),
+    exp: Optional[str] = typer.Option(None, "--exp", help="Draw from this DVC experiment's generator (a name from `dvc exp ls`, or a git revision)."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Draw from this MLflow run's logged generator."),
 ) -> None:
     """Draw images from a trained generator into a PNG grid or an .npz."""
     import math
@@ -87,12 +120,20 @@ def sample(
     import numpy as np
 
     from pipeline.common import atomic, layout
-    from pipeline.gan import sampling
+    from pipeline.gan import sampling, sources
     from pipeline.reports.figures import save_png
     from pipeline.gan.variants import load_generator
 
     try:
-        generator, variant = load_generator(generator_path or _root() / layout.GENERATOR)
+        chosen = [o for o, v in (("--generator", generator_path), ("--exp", exp), ("--run-id", run_id)) if v]
+        if len(chosen) > 1:
+            raise GanpipeError(f"{' and '.join(chosen)} each choose a generator; pass only one of them.")
+        if exp:
+            generator, variant = sources.from_experiment(_root(), exp)
+        elif run_id:
+            generator, variant = sources.from_mlflow_run(_root(), run_id)
+        else:
+            generator, variant = load_generator(generator_path or _root() / layout.GENERATOR)
         if digit is not None and not variant.conditional:
             raise GanpipeError(
                 f"--digit needs a conditional generator, but this one was trained as an unconditional "
@@ -120,7 +161,13 @@ def _split(values: Optional[list[str]]) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-@app.command()
+@app.command(epilog="""**Examples**
+
+`ganpipe compare` (the latest run of every model and seed; writes reports/comparison.html)
+
+`ganpipe compare --models vanilla,wgan --out-dir /tmp/cmp`
+
+`ganpipe compare --runs 3f2a...,9c1b...`""")
 def compare(
     runs: Optional[list[str]] = typer.Option(
         None, "--runs", help="MLflow run ids to compare (default: the latest finished run of each model and seed)."

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from pipeline.common import atomic, layout, tables, tracking
+from pipeline.common import atomic, views, layout, tables, tracking
 from pipeline.instrument import evaluator, reference
 from pipeline.gan import sampling
-from pipeline.common.console import run_main, stderr
+from pipeline.common.console import StageProgress, quiet_mlflow, run_main
 from pipeline.instrument.evaluation import evaluate_images, first_collapse_step, metrics_for_dvc, requested_labels
 from pipeline.reports.figures import save_png
 from pipeline.common.params import load_params
@@ -22,31 +22,37 @@ def main() -> None:
     calibration = json.loads(layout.CALIBRATION.read_text())
     n = params.evaluate.n_samples
     labels = requested_labels(n, params.seed, ref) if variant.conditional else None
-    with stderr.status(f"sampling and measuring {n} images"):
+    # Steps: sample, measure (the long one), log. Without a terminal each step is one plain log line.
+    with quiet_mlflow(), StageProgress(f"evaluate {params.model} ({n} samples)", 3) as bar:
         images = sampling.to_uint8(sampling.sample(generator, n, seed=params.seed, labels=labels))
+        bar.advance(step="sampled")
         result = evaluate_images(images, labels, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
-    curve = tables.read_csv(layout.COLLAPSE_CURVE)
-    result["first_collapse_iteration"] = first_collapse_step(curve)
-    grid = sampling.sample_grid(generator, params.seed + GRID_SEED_OFFSET)
+        bar.advance(step="measured", fld=result["fld"], coverage=result["class_coverage"])
+        curve = tables.read_csv(layout.COLLAPSE_CURVE)
+        result["first_collapse_iteration"] = first_collapse_step(curve)
+        grid = sampling.sample_grid(generator, params.seed + GRID_SEED_OFFSET)
 
-    extra = {} if labels is None else {"labels": labels.astype(np.uint8)}
-    atomic.save_npz(layout.SAMPLES, images=images, **extra)
-    save_png(layout.SAMPLE_GRID, grid)
-    tables.write_csv(
-        layout.CLASS_HISTOGRAM,
-        [{"digit": d, "samples": result["class_shares"][d], "mnist": float(ref.class_hist[d])} for d in range(10)],
-    )
-    atomic.write_json(layout.EVALUATION, result)
-    atomic.write_json(layout.EVALUATE_METRICS, metrics_for_dvc(result))
+        extra = {} if labels is None else {"labels": labels.astype(np.uint8)}
+        atomic.save_npz(layout.SAMPLES, images=images, **extra)
+        save_png(layout.SAMPLE_GRID, grid)
+        tables.write_csv(
+            layout.CLASS_HISTOGRAM,
+            [{"digit": d, "samples": result["class_shares"][d], "mnist": float(ref.class_hist[d])} for d in range(10)],
+        )
+        atomic.write_json(layout.EVALUATION, result)
+        atomic.write_json(layout.EVALUATE_METRICS, {**metrics_for_dvc(result), **views.verdict_metrics(result)})
 
-    import mlflow
+        import mlflow
 
-    run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
-    with tracking.reopen_run(layout.repo_root(), run_id, params.model, params.seed):
-        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics_for_dvc(result).items()})
-        mlflow.set_tags({"collapse": result["collapse"]["kind"]})
-        mlflow.log_dict(result, "evaluation/evaluation.json")
-        mlflow.log_image(grid, "evaluation/sample_grid.png")
+        run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
+        with tracking.reopen_run(layout.repo_root(), run_id, params.model, params.seed):
+            mlflow.log_metrics(tracking.metric_names(tracking.EVAL, metrics_for_dvc(result)))
+            exp_name = tracking.identity_tags(params.model, params.seed)["dvc_exp_name"]
+            mlflow.set_tags({"collapse": result["collapse"]["kind"],
+                             tracking.DESCRIPTION_TAG: tracking.describe_verdict(result, exp_name)})
+            mlflow.log_dict(result, "evaluation/evaluation.json")
+            mlflow.log_image(grid, "evaluation/sample_grid.png")
+            bar.advance(step="logged to MLflow")
     verdict = result["collapse"]
     print(f"collapse: {verdict['kind']}" + "".join(f"\n  - {e}" for e in verdict["evidence"]))
 

@@ -41,6 +41,7 @@ def main() -> None:
         neighbours=panel,
         run_id=run_id,
         evaluator_accuracy=float(ref.test_accuracy),
+        dvc_exp=tracking.identity_tags(params.model, params.seed)["dvc_exp_name"],
     )
     with stderr.status("drawing the report"):
         doc = run_report.build(inputs)

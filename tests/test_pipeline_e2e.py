@@ -52,13 +52,16 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     for name, run in by_model.items():
         assert run.info.status == "FINISHED"
         assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"]
-        assert "eval_fld" in run.data.metrics and "d_loss" in run.data.metrics
+        assert "eval/fld" in run.data.metrics and "train/d_loss" in run.data.metrics
         assert run.data.params["model"] == name
+        # only the trained variant's settings, grouped: no other preset is logged
+        assert not any(k.startswith("variants") for k in run.data.params), sorted(run.data.params)
+        assert {"variant/objective", "variant/lr", "train/log_every", "eval/n_samples"} <= set(run.data.params)
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         assert {"evaluation", "report", "images"} <= artifacts, artifacts
-    assert by_model["wgan"].data.params["variants.wgan.n_critic"] == "5"
-    assert "w_estimate" in by_model["wgan"].data.metrics
-    history = mlflow.MlflowClient().get_metric_history(by_model["wgan"].info.run_id, "d_loss")
+    assert by_model["wgan"].data.params["variant/n_critic"] == "5"
+    assert "train/w_estimate" in by_model["wgan"].data.metrics
+    history = mlflow.MlflowClient().get_metric_history(by_model["wgan"].info.run_id, "train/d_loss")
     assert len(history) == 60 // 20  # losses every log_every steps, never per step
     assert by_model["wgan"].data.tags["dvc_exp_name"] != "workspace"
     logged_models = mlflow.search_logged_models(experiment_ids=[by_model["cgan"].info.experiment_id], output_format="list")

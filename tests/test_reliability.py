@@ -80,7 +80,7 @@ def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(t
     assert train_metrics["iterations"] == 2000
     (wgan_run,) = [r for r in runs(repo) if r.data.tags["model"] == "wgan"]
     assert wgan_run.info.status == "FINISHED"  # the interrupted run was reopened and finished
-    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(wgan_run.info.run_id, "d_loss")]
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(wgan_run.info.run_id, "train/d_loss")]
     assert max(steps) == 2000
 
     # The same training without interruption gives the same weights, bit for bit: the checkpoint
@@ -182,6 +182,6 @@ def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, m
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name("ganpipe").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "vanilla"
-    assert "eval_fld" in run.data.metrics
+    assert "eval/fld" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluation", "report"} <= artifacts

@@ -360,16 +360,16 @@ def _log_pipeline_run(root: Path, model: str, seed: int, evaluation: dict | None
         losses = {"d_loss": -1.0 / step, "g_loss": 0.7}
         if params.variant.objective == "wasserstein":
             losses["w_estimate"] = (10.0 / step) if w_tracks_fld else float(np.sin(step))
-        metrics.add(step, losses)
+        metrics.add(step, tracking.metric_names(tracking.TRAIN, losses))
         if step % 40 == 0:
-            metrics.add(step, {"train_class_coverage": min(10, step // 20), "train_class_kl": 1.0 / step,
-                               "train_fld": 1000.0 / step + seed})
+            metrics.add(step, tracking.metric_names(tracking.TRAIN, {
+                "class_coverage": min(10, step // 20), "class_kl": 1.0 / step, "fld": 1000.0 / step + seed}))
     metrics.flush()
     mlflow.end_run(status=status)
     if evaluation is not None:
         grid = sampling.tile(np.random.default_rng(seed).random((100, 28, 28), dtype=np.float32), 10, 10)
         with tracking.reopen_run(root, run.info.run_id, model, seed):
-            mlflow.log_metrics({f"eval_{k}": v for k, v in metrics_for_dvc(evaluation).items()})
+            mlflow.log_metrics(tracking.metric_names(tracking.EVAL, metrics_for_dvc(evaluation)))
             mlflow.set_tags({"collapse": evaluation["collapse"]["kind"]})
             mlflow.log_dict(evaluation, "evaluation/evaluation.json")
             mlflow.log_image(grid, "evaluation/sample_grid.png")
@@ -410,7 +410,7 @@ def test_comparison_shows_runs_that_were_never_evaluated():
     assert [r[header.index("collapse")] for r in rows] == ["none", "not evaluated"]
     assert rows[1][header.index("fld")] == "—"
     assert "No sample grid logged for wgan s0, vanilla s0" in page.all_text
-    assert "Not evaluated yet (no eval_* metrics): runs bbbbbbbb." in page.all_text
+    assert "Not evaluated yet (no eval/* metrics): runs bbbbbbbb." in page.all_text
     assert "untestable" in page.all_text  # two training checks are too few for a rank correlation
     assert "vanilla s0 (run bbbbbbbb)" in to_markdown(doc, "figures")
 
@@ -438,7 +438,7 @@ def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, store, tm
     md = (out / "comparison.md").read_text()
     assert [row[2] for row in md_table_rows(md, "model")] == expected
 
-    # The table holds the logged eval_ metrics.
+    # The table holds the logged eval/ metrics.
     header, rows = page.header("runs"), page.body_rows("runs")
     assert [number(r[header.index("fld")]) for r in rows] == [8.5, 120.0, 140.0, 30.0, 35.0]
     assert [r[header.index("collapse")] for r in rows] == ["none", "inter-class", "both", "none", "none"]
@@ -489,8 +489,8 @@ def test_compare_reports_the_wgan_claim_from_mlflow_histories(runs, tmp_path):
     header = page.header("wgan-claim")
     for key in ("wgan s0", "wgan s1"):
         run_id = runs[key]
-        w = {m.step: m.value for m in client.get_metric_history(run_id, "w_estimate")}
-        fld = {m.step: m.value for m in client.get_metric_history(run_id, "train_fld")}
+        w = {m.step: m.value for m in client.get_metric_history(run_id, "train/w_estimate")}
+        fld = {m.step: m.value for m in client.get_metric_history(run_id, "train/fld")}
         steps = sorted(set(w) & set(fld))
         rho = spearmanr([w[s] for s in steps], [fld[s] for s in steps]).statistic
         row = claim[run_id[:8]]

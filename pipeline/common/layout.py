@@ -19,6 +19,9 @@ GENERATOR = TRAIN_DIR / "generator.pt"
 RUN_INFO = TRAIN_DIR / "mlflow_run.json"
 LOSS_HISTORY = TRAIN_DIR / "losses.csv"
 COLLAPSE_CURVE = TRAIN_DIR / "collapse_curve.csv"
+# The preset `model` names, resolved: a params file for DVC (dvc.yaml top-level `params:`), so
+# `dvc params diff` and `dvc exp show` show objective, optimizer, lr, ... and not only the preset name.
+RESOLVED_VARIANT = TRAIN_DIR / "variant.yaml"
 
 EVALUATE_DIR = Path("outputs/evaluate")
 SAMPLES = EVALUATE_DIR / "samples.npz"

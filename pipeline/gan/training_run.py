@@ -20,7 +20,7 @@ from pipeline.instrument import evaluation
 from pipeline.common.errors import TrainingDiverged
 from pipeline.instrument.evaluator import MnistCNN
 from pipeline.data.mnist import MNIST
-from pipeline.common.params import Params, flatten
+from pipeline.common.params import Params
 from pipeline.instrument.reference import Reference
 from pipeline.gan.trainer import Hooks, NonFiniteTraining, Schedule, Trainer, fit
 from pipeline.gan.variants import build
@@ -51,7 +51,7 @@ def train_tracked(
     data: MNIST,
     classifier: MnistCNN,
     ref: Reference,
-    progress: Callable[[int, int], None] = lambda done, total: None,
+    progress: Callable[..., None] = lambda done, total, **latest: None,
 ) -> RunResult:
     import mlflow
 
@@ -88,7 +88,9 @@ def train_tracked(
     result.run_id = run.info.run_id
     metrics = tracking.MetricBuffer(result.run_id)
     if not saved:
-        tracking.log_params_flat({**flatten(params), "device": str(device)})
+        tracking.log_params_flat({**tracking.run_params(params), "train/resolved_device": str(device)})
+    else:  # a resumed experiment may carry a new DVC experiment name: the run follows it
+        tracking.retry_locked(lambda: mlflow.set_tags(tracking.identity_tags(params.model, params.seed)))
 
     eval_n = t.eval_samples
     eval_labels = _quick_eval_labels(eval_n, params.seed, ref) if v.conditional else None
@@ -96,14 +98,15 @@ def train_tracked(
 
     def on_log(step: int, losses: dict[str, float]) -> None:
         result.losses.append({"step": step, **losses})
-        metrics.add(step, losses)
-        progress(step, v.iterations)
+        metrics.add(step, tracking.metric_names(tracking.TRAIN, losses))
+        progress(step, v.iterations, **losses)
 
     def on_eval(step: int) -> None:
         imgs = sampling.sample(parts.generator, eval_n, seed=params.seed + step, labels=eval_labels)
         quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
         result.collapse_curve.append({"step": step, **quick})
-        metrics.add(step, {f"train_{k}": val for k, val in quick.items()})
+        metrics.add(step, tracking.metric_names(tracking.TRAIN, quick))
+        progress(step, v.iterations, coverage=quick["class_coverage"], fld=quick["fld"])
 
     def on_sample(step: int) -> None:
         metrics.flush()
@@ -124,6 +127,8 @@ def train_tracked(
         )
 
     schedule = Schedule(v.iterations, t.log_every, t.checkpoint_every, t.sample_every, t.eval_every)
+    if trainer.step == 0:
+        on_sample(0)  # the untrained generator's grid: MLflow's image slider starts at step 0
     start = time.perf_counter()
     try:
         fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
@@ -154,9 +159,9 @@ def finish_run(result: RunResult, iterations: int) -> None:
     trained = iterations - result.resumed_from
     mlflow.log_metrics(
         {
-            "train_seconds": result.seconds,
-            "generator_it_per_s": trained / result.seconds if result.seconds else 0.0,
-            **{f"final_{k}": v for k, v in result.final_losses.items()},
+            tracking.metric_name(tracking.TRAIN, "seconds"): result.seconds,
+            tracking.metric_name(tracking.TRAIN, "generator_it_per_s"): trained / result.seconds if result.seconds else 0.0,
+            **tracking.metric_names(tracking.TRAIN, {f"final_{k}": v for k, v in result.final_losses.items()}),
         }
     )
     generator = result.generator.to("cpu").eval()

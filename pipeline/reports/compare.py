@@ -7,11 +7,13 @@ written from the numbers.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.common import layout
 from pipeline.reports import charts, output, store, wgan_signal
 from pipeline.reports.document import Bullets, Document, Figure, Gallery, Heading, Paragraph, Table
 from pipeline.reports.glossary import fmt, mean_std
@@ -19,7 +21,7 @@ from pipeline.reports.store import RunData
 
 FIGURE_DIR = "comparison_figures"  # relative to comparison.md; apart from the run report's figures/
 TABLE_METRICS = (
-    "fld", "kid", "class_coverage", "class_kl", "precision", "recall", "coverage", "duplicate_rate",
+    "fld", "kid", "mean_confidence", "class_coverage", "class_kl", "precision", "recall", "coverage", "duplicate_rate",
     "intra_class_diversity", "label_accuracy", "memorisation_ratio",
 )
 CURVE_PANELS = (
@@ -37,7 +39,9 @@ def compare(root: Path, out_dir: Path, experiment: str, run_ids: list[str], mode
         "the runs given with --runs" if run_ids
         else f'the latest finished run of each model and seed in experiment "{experiment}"'
     )
-    doc = build(runs, f"{len(runs)} runs: {selection} · store `{uri}`")
+    calibration_file = root / layout.CALIBRATION
+    calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
+    doc = build(runs, f"{len(runs)} runs: {selection} · store `{uri}`", calibration)
     return output.write(doc, out_dir, "comparison", FIGURE_DIR)
 
 
@@ -71,21 +75,53 @@ def metrics_frame(runs: list[RunData], rho: dict[str, wgan_signal.SignalCorrelat
     return frame
 
 
-def build(runs: list[RunData], subtitle: str) -> Document:
+def build(runs: list[RunData], subtitle: str, calibration: dict | None = None) -> Document:
     rho = signals(runs)
     frame = metrics_frame(runs, rho)
     doc = Document("ganpipe comparison", subtitle)
     doc.add(Heading("Summary"), _summary(runs, frame, rho))
-    runs_table = Table(_formatted(frame), "Final evaluation of each run (MLflow metrics `eval_*`).", id="runs")
-    doc.add(Heading("Metrics"), runs_table)
+    caption = "Final evaluation of each run (MLflow metrics `eval/*`)."
+    if calibration is not None:
+        frame_shown = pd.concat([frame, reference_row(calibration)], ignore_index=True)
+        caption += (
+            f" Last row: real MNIST, the mean over {calibration['subsets']} random real subsets of "
+            f"{fmt(calibration['n_samples'])} images (outputs/calibration/calibration.json)."
+        )
+    else:
+        frame_shown = frame
+    doc.add(Heading("Metrics"), Table(_formatted(frame_shown), caption, id="runs"))
     per_model = _per_model(frame)
     if per_model is not None:
         doc.add(Table(per_model, "Per model over seeds: mean ± standard deviation.", id="per-model"))
+    doc.add(Heading("Where each run lives"), where_runs_live(runs))
     doc.add(Heading("Samples"), *_gallery(runs))
     doc.add(Heading("Training curves"), _curves(runs))
     doc.add(Heading("Verdicts"), *_verdicts(runs))
     doc.add(*_wgan_claim(runs, rho))
     return doc
+
+
+def reference_row(calibration: dict) -> pd.DataFrame:
+    """The table row of real data: each metric's mean over the calibration's real subsets."""
+    real = calibration["real"]
+    row = {"model": "real MNIST", "seed": "", "run": "", "collapse": "none (real data)"}
+    row.update({k: real[k]["mean"] if k in real else None for k in TABLE_METRICS})
+    frame = pd.DataFrame([row])
+    frame[list(TABLE_METRICS)] = frame[list(TABLE_METRICS)].apply(pd.to_numeric)
+    return frame
+
+
+def where_runs_live(runs: list[RunData]) -> Bullets:
+    """Per run: the DVC experiment to restore (`dvc exp apply`) and the MLflow page to open."""
+    items = []
+    for r in runs:
+        exp = (
+            f"DVC experiment `{r.dvc_exp}` (`dvc exp apply {r.dvc_exp}` restores it)"
+            if r.dvc_exp and r.dvc_exp != "workspace" else "DVC workspace (`dvc repro`)"
+        )
+        link = f"[MLflow run {r.run_id[:8]}]({r.url})" if r.url else f"MLflow run `{r.run_id}`"
+        items.append(f"**{r.label}**: {exp} · {link}")
+    return Bullets(tuple(items))
 
 
 def _summary(runs: list[RunData], frame: pd.DataFrame, rho: dict[str, wgan_signal.SignalCorrelation]) -> Bullets:
@@ -124,7 +160,7 @@ def _summary(runs: list[RunData], frame: pd.DataFrame, rho: dict[str, wgan_signa
         )
     not_evaluated = frame.loc[frame["collapse"] == "not evaluated", "run"]
     if len(not_evaluated):
-        items.append(f"Not evaluated yet (no eval_* metrics): runs {', '.join(not_evaluated)}.")
+        items.append(f"Not evaluated yet (no eval/* metrics): runs {', '.join(not_evaluated)}.")
     return Bullets(tuple(items))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.common import tracking
 from pipeline.reports import charts, wgan_signal
 from pipeline.reports.document import (
     MISSING, Bullets, Callout, Document, Figure, Heading, Paragraph, Table,
@@ -39,6 +40,7 @@ class RunInputs:
     neighbours: NeighbourPanel | None
     run_id: str = ""
     evaluator_accuracy: float | None = None  # on MNIST's test set: the real-data value of label_accuracy
+    dvc_exp: str = ""  # the DVC experiment being run ("workspace" for a plain `dvc repro`)
 
 
 def build(inputs: RunInputs) -> Document:
@@ -46,8 +48,11 @@ def build(inputs: RunInputs) -> Document:
     subtitle = f"variant **{inputs.model}** · seed {inputs.seed} · {fmt(e['n_samples'])} samples evaluated"
     if inputs.run_id:
         subtitle += f" · MLflow run `{inputs.run_id}`"
+    if inputs.dvc_exp and inputs.dvc_exp != "workspace":
+        subtitle += f" · DVC experiment `{inputs.dvc_exp}`"
     doc = Document(f"ganpipe report: {inputs.model}", subtitle)
     doc.add(_verdict_callout(e))
+    doc.add(*_quality(e))
     doc.add(*_samples(inputs))
     doc.add(*_verdict_evidence(e, inputs.calibration, checks_ran=len(inputs.collapse_curve) > 0))
     doc.add(*_metrics(e, inputs.calibration, inputs.evaluator_accuracy))
@@ -64,13 +69,19 @@ def build(inputs: RunInputs) -> Document:
 def _verdict_callout(e: dict[str, Any]) -> Callout:
     verdict = e["collapse"]
     summary = (
-        f"FLD {fmt(e['fld'])} · {e['class_coverage']} of 10 digits covered · "
+        f"FLD {fmt(e['fld'])} · mean confidence {fmt(e.get('mean_confidence'))} · {e['class_coverage']} of 10 digits covered · "
         f"intra-class diversity {fmt(e['intra_class_diversity'])} × MNIST's · "
         f"near-duplicates {pct(e['duplicate_rate'])}"
     )
     if verdict["detected"]:
         return Callout(f"Mode collapse detected: {verdict['kind']}", summary, "alert")
     return Callout("No mode collapse detected", summary, "ok")
+
+
+def _quality(e: dict[str, Any]) -> list:
+    """Quality beside diversity: a diversity verdict on samples that are not digits says little."""
+    note = tracking.quality_note(e)
+    return [Callout("Samples are mostly not digits", note, "warn")] if note else []
 
 
 def _samples(inputs: RunInputs) -> list:
@@ -248,5 +259,7 @@ def _settings(inputs: RunInputs) -> list:
     rows += [("evaluation samples", inputs.evaluation["n_samples"])]
     if inputs.run_id:
         rows.append(("MLflow run", inputs.run_id))
+    if inputs.dvc_exp:
+        rows.append(("DVC experiment", inputs.dvc_exp))
     frame = pd.DataFrame([{"setting": k, "value": "null" if v is None else fmt(v)} for k, v in rows])
     return [Heading("Variant and parameters"), Table(frame)]

@@ -1,7 +1,7 @@
 """Reading finished pipeline runs back from the MLflow store, for `ganpipe compare`.
 
-Every run the pipeline logs carries the tags `model` and `seed`, the step metrics of training (d_loss,
-g_loss, w_estimate for WGAN; train_* from the in-training check), the final `eval_*` metrics, the
+Every run the pipeline logs carries the tags `model` and `seed`, the step metrics of training (train/d_loss,
+train/g_loss, train/w_estimate for WGAN; train/fld etc. from the in-training check), the final `eval/*` metrics, the
 `collapse` tag, and the artifacts evaluation/evaluation.json and evaluation/sample_grid.png.
 """
 
@@ -20,7 +20,15 @@ import pandas as pd
 from pipeline.common import tracking
 from pipeline.common.errors import GanpipeError
 
-HISTORY_KEYS = ("d_loss", "g_loss", "w_estimate", "train_fld", "train_class_coverage", "train_class_kl")
+# MLflow metric name -> the history column the comparison reads (the in-training checks keep a train_ prefix
+# there, apart from the final evaluation's metrics of the same name).
+HISTORY_KEYS = {
+    tracking.metric_name(tracking.TRAIN, key): column
+    for key, column in [("d_loss", "d_loss"), ("g_loss", "g_loss"), ("w_estimate", "w_estimate"),
+                        ("fld", "train_fld"), ("class_coverage", "train_class_coverage"),
+                        ("class_kl", "train_class_kl")]
+}
+EVAL_PREFIX = "metrics." + tracking.metric_name(tracking.EVAL, "")
 _FIX = (
     "Run the pipeline first (`dvc repro`, then e.g. `dvc exp run -S model=wgan` for another variant) from the "
     "repository root, or point MLFLOW_TRACKING_URI at the store that holds your runs."
@@ -33,11 +41,13 @@ class RunData:
     model: str
     seed: str
     name: str
-    metrics: dict[str, float]  # the final evaluation, without the eval_ prefix
+    metrics: dict[str, float]  # the final evaluation, without the eval/ prefix
     collapse: str  # the verdict kind, or "not evaluated"
     evidence: list[str] = field(default_factory=list)
     grid_png: bytes | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, then one column per HISTORY_KEYS logged
+    dvc_exp: str = ""  # the DVC experiment that trained it ("workspace" for a plain `dvc repro`)
+    url: str = ""  # the run's page in the MLflow UI
 
     @property
     def label(self) -> str:
@@ -72,7 +82,8 @@ def _search(experiment_ids: list[str]) -> pd.DataFrame:
 
     frame = mlflow.search_runs(experiment_ids=experiment_ids, order_by=["attributes.start_time DESC"])
     # An experiment without runs comes back as a frame without columns; give it the ones used below.
-    for column in ("run_id", "status", "tags.model", "tags.seed", "tags.collapse", "tags.mlflow.runName"):
+    for column in ("run_id", "status", "tags.model", "tags.seed", "tags.collapse", "tags.mlflow.runName",
+                   "tags.dvc_exp_name", "experiment_id"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -125,11 +136,11 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
 def _history(client, run_id: str) -> pd.DataFrame:
     """The step metrics as one frame, outer-joined on step; a re-logged step keeps its last value."""
     series = []
-    for key in HISTORY_KEYS:
+    for key, column in HISTORY_KEYS.items():
         points = client.get_metric_history(run_id, key)
         if points:
-            s = pd.DataFrame([(m.step, m.timestamp, m.value) for m in points], columns=["step", "t", key])
-            series.append(s.sort_values("t").drop_duplicates("step", keep="last").set_index("step")[key])
+            s = pd.DataFrame([(m.step, m.timestamp, m.value) for m in points], columns=["step", "t", column])
+            series.append(s.sort_values("t").drop_duplicates("step", keep="last").set_index("step")[column])
     if not series:
         return pd.DataFrame({"step": []})
     return pd.concat(series, axis=1).sort_index().reset_index()
@@ -152,9 +163,9 @@ def fetch(row: pd.Series) -> RunData:
 
     client = mlflow.MlflowClient()
     metrics = {
-        col.removeprefix("metrics.eval_"): float(v)
+        col.removeprefix(EVAL_PREFIX): float(v)
         for col, v in row.items()
-        if col.startswith("metrics.eval_") and pd.notna(v)
+        if col.startswith(EVAL_PREFIX) and pd.notna(v)
     }
     evaluation = _artifact(row["run_id"], "evaluation/evaluation.json")
     evidence = json.loads(evaluation)["collapse"]["evidence"] if evaluation else []
@@ -168,6 +179,8 @@ def fetch(row: pd.Series) -> RunData:
         evidence=evidence,
         grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png"),
         history=_history(client, row["run_id"]),
+        dvc_exp=row["tags.dvc_exp_name"] if isinstance(row["tags.dvc_exp_name"], str) else "",
+        url=tracking.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
     )
 
 
