@@ -49,7 +49,8 @@ def main() -> None:
             mlflow.log_metrics(tracking.metric_names(tracking.EVAL, metrics_for_dvc(result)))
             exp_name = tracking.identity_tags(params.model, params.seed)["dvc_exp_name"]
             mlflow.set_tags({"collapse": result["collapse"]["kind"],
-                             tracking.DESCRIPTION_TAG: tracking.describe_verdict(result, exp_name)})
+                             tracking.DESCRIPTION_TAG: tracking.describe_verdict(
+                                 result, exp_name, calibration["real"].get("mean_confidence", {}).get("mean"))})
             mlflow.log_dict(result, "evaluation/evaluation.json")
             mlflow.log_image(grid, "evaluation/sample_grid.png")
             bar.advance(step="logged to MLflow")

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from tests.conftest import dvc, dvc_env, git, new_repo, runs, tiny_params, wait_for_queue
@@ -71,9 +72,23 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert "fld" in dvc(repo, "metrics", "show").stdout
     diff = dvc(repo, "params", "diff", "HEAD").stdout  # the workspace holds the cgan experiment
     assert "model" in diff and "vanilla" in diff and "cgan" in diff
+    assert "outputs/train/variant.yaml" in diff and "conditional" in diff  # the resolved preset, not just its name
+    kinds = {e["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["collapse_kind"] for e in experiments}
+    assert kinds <= {"none", "inter-class", "intra-class", "both"}
     dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "sample_grid.png" in html and "Losses" in html
+    # Every declared plot renders for every experiment: DVC's JSON parses, each vega spec holds data of
+    # all three revisions (the W-estimate only of the WGAN one), titles carry no quote characters.
+    names = [e["name"] for e in experiments]
+    shown = json.loads(dvc(repo, "plots", "diff", "HEAD", *names, "--json").stdout)
+    specs = {title: item["content"] for title, items in shown["data"].items() for item in items if item["type"] == "vega"}
+    assert len(specs) == 5, sorted(specs)
+    for title, spec in specs.items():
+        assert "'" not in json.dumps(spec["title"]), title
+        revs = {row["rev"] for row in spec["data"]["values"]}
+        assert len(revs) == (1 if "W-estimate" in title else 3), (title, revs)
+    assert {e["name"] for e in shown.get("errors", [])} <= {t for t in specs if "W-estimate" in t}
 
     # The instrument on the pipeline's own samples (a CGAN: samples carry requested labels).
     out = subprocess.run(
@@ -88,6 +103,16 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
         cwd=repo, env=dvc_env(repo), check=True, capture_output=True,
     )
     assert (repo / "sevens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len([line for line in out.stderr.splitlines() if line.startswith("verdict: ")]) == 1  # beside the JSON
+    # The same generator three ways: the workspace (the cgan experiment), its DVC experiment, its MLflow run.
+    cgan_exp = next(e["name"] for e in experiments if e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"] == "cgan")
+    drawn = {}
+    for how, extra in {"workspace": [], "exp": ["--exp", cgan_exp], "run": ["--run-id", by_model["cgan"].info.run_id]}.items():
+        subprocess.run(["ganpipe", "sample", "--n", "20", "--out", f"{how}.npz", *extra],
+                       cwd=repo, env=dvc_env(repo), check=True, capture_output=True)
+        with np.load(repo / f"{how}.npz") as f:
+            drawn[how] = f["images"]
+    assert np.array_equal(drawn["workspace"], drawn["exp"]) and np.array_equal(drawn["workspace"], drawn["run"])
 
     # Queued experiments run in temporary copies; their runs and artifacts must land in this repo.
     # Two at once (-j 2): both write to the same sqlite store concurrently.

@@ -415,6 +415,29 @@ def test_comparison_shows_runs_that_were_never_evaluated():
     assert "vanilla s0 (run bbbbbbbb)" in to_markdown(doc, "figures")
 
 
+def test_comparison_has_a_real_data_row_mean_confidence_and_where_each_run_lives():
+    from pipeline.reports import compare
+    from pipeline.reports.document import to_html, to_markdown
+    from pipeline.reports.store import RunData
+
+    calibration = {"subsets": 3, "n_samples": 400, "real": {
+        "fld": {"mean": 0.6}, "mean_confidence": {"mean": 0.99}, "class_coverage": {"mean": 10.0}}}
+    runs = [RunData("c" * 32, "wgan", "0", "wgan-tiny-wgan-s0", {"fld": 1440.0, "mean_confidence": 0.36,
+                    "class_coverage": 3.0}, "both", dvc_exp="wgan-tiny",
+                    history=pd.DataFrame({"step": [40, 80], "train_fld": [1400.0, 1440.0]}),
+                    url="http://127.0.0.1:5000/#/experiments/1/runs/" + "c" * 32)]
+    doc = compare.build(runs, "one run", calibration)
+    page = Page(to_html(doc))
+    assert not page.errors
+    header, rows = page.header("runs"), page.body_rows("runs")
+    assert [r[header.index("model")] for r in rows] == ["wgan", "real MNIST"]
+    assert [number(r[header.index("mean_confidence")]) for r in rows] == [0.36, 0.99]
+    assert rows[1][header.index("collapse")] == "none (real data)"
+    assert "dvc exp apply wgan-tiny" in page.all_text
+    assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/' + "c" * 32 + '">' in to_html(doc)
+    assert "[MLflow run cccccccc](http://127.0.0.1:5000/#/experiments/1/runs/" in to_markdown(doc, "figures")
+
+
 def _compare(*args: str):
     from pipeline.cli import app
 

@@ -193,19 +193,20 @@ def log_params_flat(flat: dict[str, Any]) -> None:
 LOW_CONFIDENCE = 0.5  # mean top-class probability below this: the evaluator cannot tell most samples' digit
 
 
-def quality_note(result: dict[str, Any]) -> str | None:
+def quality_note(result: dict[str, Any], real_confidence: float | None = None) -> str | None:
     """A plain sentence when most samples are not recognisable digits, so a diversity verdict is not
-    read as a statement about digits (real MNIST test images score about 0.99)."""
+    read as a statement about digits. `real_confidence`: the same on real subsets (calibration)."""
     confidence = result.get("mean_confidence")
     if confidence is None or confidence >= LOW_CONFIDENCE:
         return None
+    real = f"real MNIST: {real_confidence:.2f}" if real_confidence is not None else "real MNIST: about 0.99"
     return (
         f"Most samples are not recognisable digits: the evaluator's mean confidence is {confidence:.2f} "
-        "(real MNIST: about 0.99), so coverage and diversity describe blobs, not digits."
+        f"({real}), so coverage and diversity describe blobs, not digits."
     )
 
 
-def describe_verdict(result: dict[str, Any], exp_name: str = "") -> str:
+def describe_verdict(result: dict[str, Any], exp_name: str = "", real_confidence: float | None = None) -> str:
     """The run's description (markdown): the verdict, its evidence, and the headline numbers beside it."""
     verdict = result["collapse"]
     head = f"**Mode collapse: {verdict['kind']}**" if verdict["detected"] else "**No mode collapse detected**"
@@ -217,7 +218,7 @@ def describe_verdict(result: dict[str, Any], exp_name: str = "") -> str:
         f"collapse rate {result['collapse_rate']:.2f}" if result.get("collapse_rate") is not None else "",
     ]
     lines = [head, "", " · ".join(n for n in numbers if n)]
-    note = quality_note(result)
+    note = quality_note(result, real_confidence)
     if note:
         lines += ["", note]
     if verdict["evidence"]:
@@ -227,10 +228,15 @@ def describe_verdict(result: dict[str, Any], exp_name: str = "") -> str:
     return "\n".join(lines)
 
 
+# MLflow 3.17's UI picks its GenAI or model-training view from a switch the browser remembers (default
+# GenAI), not from the experiment tag; this query parameter opens the model-training view.
+UI_VIEW = "workflowType=machine_learning"
+
+
 def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
     """The run's page in the MLflow UI: on the tracking server itself, else on a local `mlflow ui`."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
 
 
 class MetricBuffer:

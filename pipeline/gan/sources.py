@@ -42,7 +42,7 @@ def from_mlflow_run(root: Path, run_id: str):
     """(generator, variant) of the MLflow run `run_id`: its logged `generator` model and variant/* params."""
     import mlflow
 
-    from pipeline.reports.store import open_store
+    from pipeline.reports.store import no_download_bars, open_store
 
     uri = open_store(root)
     try:
@@ -56,7 +56,8 @@ def from_mlflow_run(root: Path, run_id: str):
     logged = {k.removeprefix(prefix): v for k, v in run.data.params.items() if k.startswith(prefix)}
     try:
         variant = VariantParams.model_validate({k: _param(v) for k, v in logged.items()})
-        net = mlflow.pytorch.load_model(f"runs:/{run_id}/generator", map_location="cpu")
+        with no_download_bars():
+            net = mlflow.pytorch.load_model(f"runs:/{run_id}/generator", map_location="cpu")
     except Exception as exc:  # a run of another tool, or one whose training never logged the model
         raise GanpipeError(
             f"MLflow run {run_id} has no usable ganpipe generator ({type(exc).__name__}: {str(exc)[:200]}). "

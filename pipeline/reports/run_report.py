@@ -52,7 +52,7 @@ def build(inputs: RunInputs) -> Document:
         subtitle += f" · DVC experiment `{inputs.dvc_exp}`"
     doc = Document(f"ganpipe report: {inputs.model}", subtitle)
     doc.add(_verdict_callout(e))
-    doc.add(*_quality(e))
+    doc.add(*_quality(e, inputs.calibration))
     doc.add(*_samples(inputs))
     doc.add(*_verdict_evidence(e, inputs.calibration, checks_ran=len(inputs.collapse_curve) > 0))
     doc.add(*_metrics(e, inputs.calibration, inputs.evaluator_accuracy))
@@ -78,9 +78,9 @@ def _verdict_callout(e: dict[str, Any]) -> Callout:
     return Callout("No mode collapse detected", summary, "ok")
 
 
-def _quality(e: dict[str, Any]) -> list:
+def _quality(e: dict[str, Any], calibration: dict[str, Any]) -> list:
     """Quality beside diversity: a diversity verdict on samples that are not digits says little."""
-    note = tracking.quality_note(e)
+    note = tracking.quality_note(e, calibration["real"].get("mean_confidence", {}).get("mean"))
     return [Callout("Samples are mostly not digits", note, "warn")] if note else []
 
 

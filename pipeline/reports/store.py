@@ -185,7 +185,7 @@ def fetch(row: pd.Series) -> RunData:
 
 
 @contextmanager
-def _no_download_bars():
+def no_download_bars():
     """MLflow draws a progress bar per downloaded artifact; two per run would bury the command's output."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     old = os.environ.get(key)
@@ -202,5 +202,5 @@ def _no_download_bars():
 def load_runs(root: Path, experiment: str, run_ids: list[str], models: list[str]) -> tuple[str, list[RunData]]:
     uri = open_store(root)
     frame = select_runs(uri, experiment, run_ids, models)
-    with _no_download_bars():
+    with no_download_bars():
         return uri, [fetch(row) for _, row in frame.iterrows()]
