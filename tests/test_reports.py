@@ -283,6 +283,30 @@ def test_report_markdown_links_figures_that_exist_and_all_is_logged_to_mlflow(wo
     assert "report/figures/sample_grid.png" in {a.path for a in client.list_artifacts(run_id, "report/figures")}
 
 
+def test_verdict_reaches_the_report_the_run_description_and_dvc_metrics(workspace):
+    """Quality beside diversity in the report; the verdict and its evidence in the MLflow run's
+    description; the kind as text and code in metrics/evaluate.json; grouped eval/ metric names."""
+    import mlflow
+
+    from pipeline.common import views
+    from pipeline.reports.glossary import fmt
+
+    ws, run_id = workspace
+    e = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    page = parse_page(ws / "reports" / "report.html")
+    assert f"mean confidence {fmt(e['mean_confidence'])}" in page.all_text
+    assert ("Samples are mostly not digits" in page.all_text) == (e["mean_confidence"] < 0.5)
+    run = mlflow.MlflowClient().get_run(run_id)
+    description = run.data.tags["mlflow.note.content"]
+    assert description.startswith("**Mode collapse: " if e["collapse"]["detected"] else "**No mode collapse")
+    assert all(f"- {line}" in description for line in e["collapse"]["evidence"])
+    assert run.data.metrics["eval/fld"] == pytest.approx(e["fld"], rel=1e-5)
+    assert not any(k.startswith("eval_") for k in run.data.metrics)
+    dvc_metrics = json.loads((ws / "metrics/evaluate.json").read_text())
+    assert dvc_metrics["collapse_kind"] == e["collapse"]["kind"]
+    assert dvc_metrics["collapse_code"] == views.KIND_CODES[e["collapse"]["kind"]]
+
+
 def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(workspace):
     """A conditional model's grid has row r = digit r, and its samples were asked to be a digit."""
     from pipeline.instrument import evaluator, reference
