@@ -20,8 +20,9 @@ from urllib.parse import urlparse
 from pipeline.common.errors import GanpipeError
 
 EXPERIMENT = "ganpipe"
-# MLflow 3 opens an experiment in its GenAI view (traces, latency) unless this tag says otherwise; the
-# value below is the UI's "custom model development" kind: runs table, charts, compare page.
+# MLflow 3 opens an experiment in its GenAI view (traces, latency) unless told otherwise. Releases before
+# the UI's GenAI / Model training switch read this tag ("custom model development": runs table, charts,
+# compare page); 3.17 follows the switch instead, see UI_VIEW below.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"  # the run page's Description box (markdown)
