@@ -457,6 +457,7 @@ def test_comparison_has_a_real_data_row_mean_confidence_and_where_each_run_lives
     assert [r[header.index("model")] for r in rows] == ["wgan", "real MNIST"]
     assert [number(r[header.index("mean_confidence")]) for r in rows] == [0.36, 0.99]
     assert rows[1][header.index("collapse")] == "none (real data)"
+    assert rows[1][header.index("class_coverage")] == "10"  # by definition; calibration does not hold it
     assert "dvc exp apply wgan-tiny" in page.all_text
     assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/' + "c" * 32 + '">' in to_html(doc)
     assert "[MLflow run cccccccc](http://127.0.0.1:5000/#/experiments/1/runs/" in to_markdown(doc, "figures")
