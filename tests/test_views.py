@@ -89,7 +89,7 @@ def test_without_a_terminal_progress_is_a_plain_line_every_ten_percent():
     progress = lines[1:]
     assert [int(re.search(r"(\d+)%", line).group(1)) for line in progress] == list(range(10, 101, 10))
     assert all("\x1b" not in line for line in lines)  # no terminal escapes in a log
-    assert progress[0].startswith("train wgan:  10% (200/2000) elapsed 0:00:00, ETA ")
+    assert progress[0].startswith("train wgan:  10% (200/2000) elapsed 0:00:00, ETA 0:00:00 · ")
     assert "d_loss -0.0123 · g_loss 0.5" in progress[0] and "fld" not in progress[0]
     assert "coverage 9 · fld 210.4" in progress[-1]
 
@@ -134,3 +134,14 @@ def test_sample_refuses_two_generator_choices_and_an_unknown_run(tmp_path, monke
     unknown = runner.invoke(app, ["sample", "--run-id", "0123456789abcdef", "--out", str(tmp_path / "x.png")])
     assert unknown.exit_code != 0 and "holds no run '0123456789abcdef'" in unknown.output
     assert not (tmp_path / "x.png").exists()
+
+
+def test_mlflow_info_lines_stay_out_of_the_progress_bar():
+    import logging
+
+    from pipeline.common.console import quiet_mlflow
+
+    monitor = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+    with quiet_mlflow():
+        assert not monitor.isEnabledFor(logging.INFO) and monitor.isEnabledFor(logging.WARNING)
+    assert monitor.isEnabledFor(logging.INFO)  # restored afterwards

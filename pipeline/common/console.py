@@ -63,6 +63,7 @@ class StageProgress:
         self._task = None
         self._next_pct = every_pct
         self._finished_shown = False
+        self._first: tuple[float, int] | None = None  # (time, done) of the first update
         self._start = time.perf_counter()
 
     def __enter__(self) -> "StageProgress":
@@ -90,6 +91,9 @@ class StageProgress:
         if self._bar is not None:
             self._bar.update(self._task, completed=done, latest=self.readings())
             return
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (now, done)
         pct = 100 * done // self.total
         finished = done >= self.total
         if (pct < self._next_pct and not finished) or self._finished_shown:
@@ -97,11 +101,15 @@ class StageProgress:
         self._finished_shown = finished
         while self._next_pct <= pct:
             self._next_pct += self.every_pct
-        elapsed = time.perf_counter() - self._start
-        eta = elapsed / done * (self.total - done) if done else 0.0
+        # The rate counts from the first reading, so set-up time (loading data, the step-0 grid) does
+        # not inflate the ETA; elapsed counts from the start.
+        (t0, done0), elapsed = self._first, now - self._start
+        eta = _clock((now - t0) / (done - done0) * (self.total - done)) if done > done0 else "?"
+        if done >= self.total:
+            eta = _clock(0)
         readings = self.readings()
         self.console.print(
-            f"{self.description}: {pct:3d}% ({done}/{self.total}) elapsed {_clock(elapsed)}, ETA {_clock(eta)}"
+            f"{self.description}: {pct:3d}% ({done}/{self.total}) elapsed {_clock(elapsed)}, ETA {eta}"
             + (f" · {readings}" if readings else ""),
             highlight=False,
             soft_wrap=True,
@@ -115,6 +123,8 @@ class StageProgress:
 def quiet_mlflow() -> Iterator[None]:
     """Keep MLflow's INFO lines (system-metrics monitor start/stop, model logging notes) out of a live
     progress bar; its warnings and errors still show."""
+    import mlflow  # noqa: F401  (importing it configures its loggers; the level is set after that)
+
     logger = logging.getLogger("mlflow")
     old = logger.level
     logger.setLevel(logging.WARNING)
