@@ -11,6 +11,7 @@ evaluator, when it has been trained) to show they optimise the same objective.
     python benchmarks/train_speed.py                       # vanilla and wgan at batch 64, this machine
     python benchmarks/train_speed.py --device cuda --json  # on a GPU, as JSON
     python benchmarks/train_speed.py --batch-sizes 64,256,1024,4096 --variants wgan
+    python benchmarks/train_speed.py --variants dcgan --nchw   # the conv nets in NCHW instead of their channels_last
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class ReferenceLoop:
             z = torch.randn(v.batch_size, v.z_dim, device=self.device)
             fake = G(z, c)  # not detached, as in the seed: G's gradients are computed, then discarded
             d_loss = obj.d_loss(D(x, c), D(fake, c))
+            if v.gradient_penalty is not None:  # WGAN-GP the textbook way: autograd.grad with create_graph
+                eps = torch.rand(v.batch_size, 1, device=self.device)
+                x_hat = (eps * x + (1 - eps) * fake.detach()).requires_grad_(True)
+                (slopes,) = torch.autograd.grad(D(x_hat, c).sum(), x_hat, create_graph=True)
+                d_loss = d_loss + v.gradient_penalty * ((slopes.norm(2, dim=1) - 1) ** 2).mean()
             d_loss.backward()
             self.d_opt.step()
             if v.clip is not None:
@@ -101,8 +107,12 @@ class ReferenceLoop:
 
 
 class GanpipeLoop:
-    def __init__(self, variant, x, y, device, seed, log_every: int = 100, compile: bool = False):
+    def __init__(self, variant, x, y, device, seed, log_every: int = 100, compile: bool = False,
+                 nchw: bool = False):
         parts = build(variant, device, seed)
+        if nchw:  # undo the DCGAN's channels_last weights, to re-measure that choice
+            parts.generator.to(memory_format=torch.contiguous_format)
+            parts.critic.to(memory_format=torch.contiguous_format)
         if compile:  # what train.compile: true does
             parts.generator.compile()
             parts.critic.compile()
@@ -162,6 +172,7 @@ def main() -> None:
                     help="also train both loops N generator iterations and print final losses and FLD")
     ap.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     ap.add_argument("--compile", action="store_true", help="ganpipe's loop with torch.compile (train.compile: true)")
+    ap.add_argument("--nchw", action="store_true", help="ganpipe's loop with conv weights in NCHW, not channels_last")
     args = ap.parse_args()
 
     device = devices.resolve(args.device)
@@ -174,14 +185,15 @@ def main() -> None:
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             v = params.variants[name].model_copy(update={"batch_size": bs})
             ref_loop = ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)
-            fast_loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every, args.compile)
+            fast_loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every, args.compile,
+                                    args.nchw)
             ref_its = iterations_per_second(ref_loop, device, args.seconds, args.warmup)
             fast_its = iterations_per_second(fast_loop, device, args.seconds, args.warmup)
             row = {
                 "variant": name, "device": str(device), "batch_size": bs,
                 "reference_it_s": round(ref_its, 2), "ganpipe_it_s": round(fast_its, 2),
                 "ratio": round(fast_its / ref_its, 2),
-                "compile": args.compile,
+                "compile": args.compile, "nchw": args.nchw,
             }
             if args.check:
                 for label, loop in (("reference", ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)),

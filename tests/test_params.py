@@ -16,11 +16,14 @@ import pytest
 import yaml
 
 from pipeline.common.errors import GanpipeError
-from pipeline.common.params import Params, flatten, load_params, parse_params
+from pipeline.common.params import Params, VariantParams, flatten, load_params, parse_params
 
 from .conftest import REPO, repo_params
 
 STAGES = ["download", "prepare", "evaluator", "calibrate", "train", "evaluate", "report"]
+VALID_MODELS = (
+    "cgan, cwgan-gp, dcgan, dcgan-wgan-gp, pacgan2, sngan, vanilla, vanilla-ns, wgan, wgan-gp, wgan-lr1e-4"
+)
 FIX = "Fix params.yaml (or the `-S key=value` you passed to `dvc exp run`) and run again."
 
 
@@ -49,13 +52,13 @@ def test_an_unknown_model_lists_the_valid_ones_and_suggests_the_closest():
     message = refused(lambda p: p.update(model="wgn"))
     assert message.startswith('params.yaml has a problem: `model` is "wgn", which is not a preset under `variants`')
     assert 'did you mean "wgan"?' in message
-    assert "the valid models are: cgan, vanilla, vanilla-ns, wgan" in message
+    assert f"the valid models are: {VALID_MODELS}." in message
     assert "`dvc exp run -S model=wgan`" in message
     assert message.endswith(FIX)
 
     message = refused(lambda p: p.update(model="resnet"))
     assert "did you mean" not in message
-    assert "the valid models are: cgan, vanilla, vanilla-ns, wgan" in message
+    assert f"the valid models are: {VALID_MODELS}." in message
 
 
 @pytest.mark.parametrize(
@@ -64,12 +67,12 @@ def test_an_unknown_model_lists_the_valid_ones_and_suggests_the_closest():
 def test_a_model_that_is_not_a_name_lists_the_valid_ones(value, shown):
     message = refused(lambda p: p.update(model=value))
     assert f"`model` is {shown}, not the name of a preset under `variants`" in message
-    assert "the valid models are: cgan, vanilla, vanilla-ns, wgan" in message
+    assert f"the valid models are: {VALID_MODELS}." in message
 
 
 def test_a_missing_model_lists_the_valid_ones():
     message = refused(lambda p: p.pop("model"))
-    assert "`model` is missing; the valid models are: cgan, vanilla, vanilla-ns, wgan" in message
+    assert f"`model` is missing; the valid models are: {VALID_MODELS}." in message
 
 
 @pytest.mark.parametrize(
@@ -125,7 +128,7 @@ def set_variant(name: str, **values) -> Callable[[dict], None]:
         (set_variant("cgan", conditional="maybe"), '`variants.cgan.conditional` is "maybe", but it must be true or false'),
         (
             set_variant("wgan", objective="wasserstien"),
-            '`variants.wgan.objective` is "wasserstien", but it must be one of minimax, bce_logits, wasserstein',
+            '`variants.wgan.objective` is "wasserstien", but it must be one of minimax, bce_logits, wasserstein, hinge',
         ),
         (set_variant("wgan", optimizer="sgd"), '`variants.wgan.optimizer` is "sgd", but it must be one of adam, rmsprop'),
         (lambda p: p["download"].update(retries=0), "`download.retries` is 0, but it must be a whole number >= 1"),
@@ -166,6 +169,58 @@ def test_a_wasserstein_variant_without_clipping_is_refused_with_the_reason():
     message = refused(set_variant("wgan", clip=None))
     assert "`variants.wgan.clip` is null, but a wasserstein critic needs weight clipping" in message
     assert "(the WGAN paper uses 0.01)" in message
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            set_variant("wgan-gp", gradient_penalty=None),
+            "`variants.wgan-gp.clip` is null, but a wasserstein critic needs weight clipping or a gradient penalty "
+            "to keep it Lipschitz: set clip to a number > 0 (the WGAN paper uses 0.01) or gradient_penalty to a "
+            "number > 0 (WGAN-GP uses 10)",
+        ),
+        (
+            set_variant("wgan-gp", clip=0.01),
+            "`variants.wgan-gp.clip` is 0.01, but the gradient penalty replaces weight clipping",
+        ),
+        (
+            set_variant("vanilla-ns", gradient_penalty=10.0),
+            "`variants.vanilla-ns.gradient_penalty` is 10.0, but the gradient penalty (WGAN-GP) pushes a wasserstein "
+            "critic's gradient norm to 1 and is not defined for the bce_logits objective",
+        ),
+        (
+            set_variant("pacgan2", pack=3),
+            "`variants.pacgan2.pack` is 3, but D judges the batch in packs of 3 samples, so batch_size (64) must be "
+            "a multiple of pack",
+        ),
+        (set_variant("wgan-gp", pack=2), "`variants.wgan-gp.pack` is 2, but packing with a gradient penalty is not supported"),
+        (set_variant("pacgan2", pack=0), "`variants.pacgan2.pack` is 0, but it must be a whole number >= 1"),
+        (set_variant("dcgan", arch="resnet"), '`variants.dcgan.arch` is "resnet", but it must be one of mlp, dcgan'),
+        (set_variant("sngan", spectral_norm="yes please"), "`variants.sngan.spectral_norm` is \"yes please\", but it must be true or false"),
+        (set_variant("wgan-gp", gradient_penalty=-1), "`variants.wgan-gp.gradient_penalty` is -1, but it must be null or a number > 0"),
+    ],
+    ids=["no-constraint", "clip-and-penalty", "penalty-without-critic", "pack-vs-batch", "pack-with-penalty",
+         "pack-zero", "arch", "spectral-norm", "negative-penalty"],
+)
+def test_preset_mechanisms_that_do_not_fit_together_are_refused_with_the_fix(change, expected):
+    message = refused(change)
+    assert expected in message, message
+
+
+def test_every_preset_lists_every_field_and_the_new_presets_carry_the_papers_settings():
+    params = parse_params(repo_params())
+    assert all(set(raw) == set(VariantParams.model_fields) for raw in repo_params()["variants"].values())
+    gp, pac, sn = params.variants["wgan-gp"], params.variants["pacgan2"], params.variants["sngan"]
+    assert (gp.gradient_penalty, gp.clip, gp.n_critic, gp.lr, gp.betas) == (10.0, None, 5, 1e-4, (0.5, 0.9))
+    assert params.variants["cwgan-gp"].model_copy(update={"conditional": False}) == gp
+    assert (pac.pack, pac.objective) == (2, "bce_logits")
+    assert pac.model_copy(update={"pack": 1}) == params.variants["vanilla-ns"]  # only the packing differs
+    assert (sn.spectral_norm, sn.objective) == (True, "hinge")
+    dcgan, dcgan_gp = params.variants["dcgan"], params.variants["dcgan-wgan-gp"]
+    assert (dcgan.arch, dcgan.objective, dcgan_gp.arch, dcgan_gp.gradient_penalty) == ("dcgan", "bce_logits", "dcgan", 10.0)
+    # every MLP preset keeps the seed's budget
+    assert {v.iterations for v in params.variants.values() if v.arch == "mlp"} == {20000}
 
 
 def test_a_missing_value_is_refused_because_there_are_no_defaults():

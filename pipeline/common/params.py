@@ -43,12 +43,12 @@ class Strict(BaseModel):
 
 
 class VariantParams(Strict):
-    """One GAN variant: the objective, the nets and the optimiser. All variants share one MLP shape."""
+    """One GAN variant: the objective, the nets and the optimiser, and the mechanisms that change D."""
 
-    objective: Literal["minimax", "bce_logits", "wasserstein"]
+    objective: Literal["minimax", "bce_logits", "wasserstein", "hinge"]
     conditional: bool
     z_dim: PositiveInt
-    hidden: PositiveInt
+    hidden: PositiveInt  # the MLP's hidden units, or the DCGAN's base channel count
     batch_size: PositiveInt
     iterations: PositiveInt
     optimizer: Literal["adam", "rmsprop"]
@@ -58,17 +58,56 @@ class VariantParams(Strict):
         Field(description="a list of two numbers (beta1 and beta2), each >= 0 and < 1, e.g. [0.9, 0.999]"),
     ]
     n_critic: PositiveInt
+    gradient_penalty: PositiveFloat | None  # WGAN-GP's lambda; null: no penalty
     clip: PositiveFloat | None
+    arch: Literal["mlp", "dcgan"]
+    pack: PositiveInt  # PacGAN's m: D judges m samples at once; 1: no packing
+    spectral_norm: bool
+
+    @field_validator("gradient_penalty")
+    @classmethod
+    def _penalty_belongs_to_a_critic(cls, penalty: float | None, info: ValidationInfo) -> float | None:
+        objective = info.data.get("objective")
+        if penalty is not None and objective not in (None, "wasserstein"):
+            raise ValueError(
+                f"the gradient penalty (WGAN-GP) pushes a wasserstein critic's gradient norm to 1 and is not "
+                f"defined for the {objective} objective: set it to null, or set objective to wasserstein"
+            )
+        return penalty
 
     @field_validator("clip")
     @classmethod
     def _wasserstein_needs_a_lipschitz_constraint(cls, clip: float | None, info: ValidationInfo) -> float | None:
-        if clip is None and info.data.get("objective") == "wasserstein":
+        if info.data.get("objective") != "wasserstein":
+            return clip
+        penalty = info.data.get("gradient_penalty")
+        if clip is None and penalty is None and "gradient_penalty" in info.data:
             raise ValueError(
-                "a wasserstein critic needs weight clipping, so clip must be a number > 0 (the WGAN paper "
-                "uses 0.01)"
+                "a wasserstein critic needs weight clipping or a gradient penalty to keep it Lipschitz: set clip "
+                "to a number > 0 (the WGAN paper uses 0.01) or gradient_penalty to a number > 0 (WGAN-GP uses 10)"
+            )
+        if clip is not None and penalty is not None:
+            raise ValueError(
+                "the gradient penalty replaces weight clipping (WGAN-GP clips nothing; clipping both restricts "
+                "the critic twice): set clip to null, or gradient_penalty to null"
             )
         return clip
+
+    @field_validator("pack")
+    @classmethod
+    def _packs_fill_the_batch(cls, pack: int, info: ValidationInfo) -> int:
+        batch = info.data.get("batch_size")
+        if batch and batch % pack:
+            raise ValueError(
+                f"D judges the batch in packs of {pack} samples, so batch_size ({batch}) must be a multiple of "
+                "pack: change one of the two"
+            )
+        if pack > 1 and info.data.get("gradient_penalty") is not None:
+            raise ValueError(
+                "packing with a gradient penalty is not supported (the penalty takes one gradient norm per "
+                "sample, a packed critic scores packs): set pack to 1 or gradient_penalty to null"
+            )
+        return pack
 
 
 class DownloadParams(Strict):

@@ -1,4 +1,4 @@
-"""GAN objectives: the losses each variant optimises, and WGAN's weight clipping.
+"""GAN objectives: the losses each variant optimises, WGAN's weight clipping and WGAN-GP's gradient penalty.
 
 Each objective takes the discriminator's outputs on real and generated batches. Which output the
 discriminator produces (a probability, a logit or an unbounded critic score) is part of the objective.
@@ -62,6 +62,37 @@ def clip_weights_(params: Sequence[Tensor], c: float) -> None:
     torch._foreach_clamp_max_(list(params), c)
 
 
+# --- WGAN-GP: a gradient penalty instead of clipping (Gulrajani et al. 2017, eq. 3 and Algorithm 1) -----
+def gradient_penalty(
+    critic_fn: Callable[[Tensor, Tensor | None], Tensor],
+    real: Tensor,
+    fake: Tensor,
+    y_onehot: Tensor | None,
+    eps: Tensor,
+) -> Tensor:
+    """mean over the batch of (||grad_x D(x_hat)||_2 - 1)^2 at x_hat = eps·real + (1 - eps)·fake.
+
+    eps ~ U[0, 1) of shape (b, 1) comes from the caller's RNG, so a replica's draws are its own. The
+    gradient w.r.t. the interpolates is taken with torch.func.vjp rather than torch.autograd.grad, so the
+    penalty also works inside torch.vmap (one batched step for many replicas); the returned value stays
+    differentiable w.r.t. the critic's parameters, which is what the critic's update needs.
+    """
+    interpolates = eps * real + (1 - eps) * fake
+    scores, pullback = torch.func.vjp(lambda x: critic_fn(x, y_onehot), interpolates)
+    (grad,) = pullback(torch.ones_like(scores))  # each score depends on its own row only
+    return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+
+
+# --- hinge loss (Lim & Ye 2017; the loss of Miyato et al. 2018's SN-GANs, §4 eq. 17) ---------------------
+def hinge_d_loss(real_score: Tensor, fake_score: Tensor) -> Tensor:
+    """E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]: only scores on the wrong side of +-1 cost anything."""
+    return F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
+
+
+def hinge_g_loss(fake_score: Tensor) -> Tensor:
+    return -fake_score.mean()
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -77,4 +108,5 @@ OBJECTIVES: dict[str, Objective] = {
     "wasserstein": Objective(
         "wasserstein", False, wasserstein_critic_loss, wasserstein_g_loss, reports_wasserstein=True
     ),
+    "hinge": Objective("hinge", False, hinge_d_loss, hinge_g_loss),
 }

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from pipeline.gan.networks import N_CLASSES
-from pipeline.gan.objectives import clip_weights_
+from pipeline.gan.objectives import clip_weights_, gradient_penalty
 from pipeline.gan.variants import GanParts
 
 
@@ -58,6 +58,7 @@ class Trainer:
     def _zero_sums(self) -> None:
         self._d_sum = torch.zeros((), device=self.device)
         self._g_sum = torch.zeros((), device=self.device)
+        self._penalty_sum = torch.zeros((), device=self.device)
         self._n = 0
 
     def _labels_onehot(self, idx: torch.Tensor) -> torch.Tensor | None:
@@ -73,6 +74,9 @@ class Trainer:
         z = torch.randn((k + 1) * b, v.z_dim, device=self.device, generator=self.rng)
         y = self._labels_onehot(idx)
         real = self.images[idx[: k * b]]
+        # WGAN-GP: where between each real and fake image the penalty is taken, from this trainer's RNG.
+        lam = v.gradient_penalty
+        eps = None if lam is None else torch.rand(k * b, 1, device=self.device, generator=self.rng)
         # G does not change during the critic steps, so all k fake batches come from one forward pass.
         with torch.no_grad(), self._autocast():
             fake = G(z[: k * b], None if y is None else y[: k * b])
@@ -82,7 +86,12 @@ class Trainer:
             with self._autocast():
                 # Real and fake go through D as one batch: one larger matmul instead of two.
                 both = D(torch.cat([real[sl], fake[sl]]), None if y_i is None else torch.cat([y_i, y_i]))
-                d_loss = obj.d_loss(both[:b].float(), both[b:].float())
+                d_real, d_fake = both.float().chunk(2)  # halves, also when D scores packs of samples
+                d_loss = obj.d_loss(d_real, d_fake)
+                if lam is not None:
+                    penalty = gradient_penalty(D, real[sl], fake[sl], y_i, eps[sl])
+                    d_loss = d_loss + lam * penalty
+                    self._penalty_sum += penalty.detach()
             p.d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             p.d_opt.step()
@@ -115,8 +124,8 @@ class Trainer:
         k = self.parts.variant.n_critic
         params = [*self.parts.generator.parameters(), *self._critic_params]
         finite_params = torch.stack([q.detach().isfinite().all() for q in params]).all()
-        d_loss, g_loss, params_ok = torch.stack(
-            [self._d_sum / (n * k), self._g_sum / n, finite_params.float()]
+        d_loss, g_loss, penalty, params_ok = torch.stack(
+            [self._d_sum / (n * k), self._g_sum / n, self._penalty_sum / (n * k), finite_params.float()]
         ).tolist()
         self._zero_sums()
         for name, value in (("the critic/discriminator loss", d_loss), ("the generator loss", g_loss)):
@@ -125,8 +134,12 @@ class Trainer:
         if not params_ok:
             raise NonFiniteTraining(self.step, "a network parameter")
         losses = {"d_loss": d_loss, "g_loss": g_loss}
+        lam = self.parts.variant.gradient_penalty
+        if lam is not None:
+            losses["gradient_penalty"] = penalty
         if self.parts.objective.reports_wasserstein:
-            losses["w_estimate"] = -d_loss  # the critic's estimate of the Wasserstein distance
+            # the critic's estimate of the Wasserstein distance: its loss without the penalty, negated
+            losses["w_estimate"] = -(d_loss - (0.0 if lam is None else lam * penalty))
         return losses
 
     # ------------------------------------------------------------------ resume

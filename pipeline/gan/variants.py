@@ -1,7 +1,8 @@
 """The variant registry: turn a preset from params.yaml into networks, an objective and optimisers.
 
 A new variant is a new preset in params.yaml, not new control flow: everything that differs between
-vanilla, vanilla-ns, WGAN and CGAN is a field of `VariantParams`.
+the presets (objective, optimiser, architecture family, packing, spectral norm, gradient penalty) is a
+field of `VariantParams`, and each is applied here in one line.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.gan.networks import Discriminator, Generator
+from torch import nn
+
+from pipeline.gan.networks import ARCHITECTURES, MNIST_CHANNELS
+from pipeline.gan.networks.spectral_norm import spectral_norm_every_layer
 from pipeline.gan.objectives import OBJECTIVES, Objective
 from pipeline.common.params import VariantParams
 
@@ -19,8 +23,8 @@ from pipeline.common.params import VariantParams
 class GanParts:
     variant: VariantParams
     objective: Objective
-    generator: Generator
-    critic: Discriminator
+    generator: nn.Module
+    critic: nn.Module
     g_opt: torch.optim.Optimizer
     d_opt: torch.optim.Optimizer
 
@@ -33,8 +37,21 @@ def make_optimizer(params, variant: VariantParams, device: torch.device) -> torc
     return torch.optim.RMSprop(params, lr=variant.lr, foreach=True)
 
 
-def build_generator(variant: VariantParams) -> Generator:
-    return Generator(variant.z_dim, variant.hidden, conditional=variant.conditional)
+def build_generator(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.Module:
+    family = ARCHITECTURES[variant.arch]
+    return family.Generator(variant.z_dim, variant.hidden, conditional=variant.conditional, channels=channels)
+
+
+def build_critic(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.Module:
+    family = ARCHITECTURES[variant.arch]
+    critic = family.Discriminator(
+        variant.hidden,
+        variant.conditional,
+        sigmoid_output=OBJECTIVES[variant.objective].sigmoid_output,
+        channels=channels,
+        pack=variant.pack,  # PacGAN: D's input is m samples wide
+    )
+    return spectral_norm_every_layer(critic) if variant.spectral_norm else critic
 
 
 def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
@@ -43,7 +60,7 @@ def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator = build_generator(variant)
-        critic = Discriminator(variant.hidden, variant.conditional, sigmoid_output=objective.sigmoid_output)
+        critic = build_critic(variant)
     generator.to(device)
     critic.to(device)
     return GanParts(
@@ -56,7 +73,7 @@ def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
     )
 
 
-def save_generator(path, generator: Generator, variant: VariantParams) -> None:
+def save_generator(path, generator: nn.Module, variant: VariantParams) -> None:
     """The trained generator with the preset that built it, so it can be rebuilt anywhere."""
     from pipeline.common import atomic
 
@@ -64,7 +81,7 @@ def save_generator(path, generator: Generator, variant: VariantParams) -> None:
     atomic.save_torch(path, {"variant": variant.model_dump(mode="json"), "state_dict": state})
 
 
-def load_generator(path) -> tuple[Generator, VariantParams]:
+def load_generator(path) -> tuple[nn.Module, VariantParams]:
     from pathlib import Path
 
     from pipeline.common.errors import GanpipeError

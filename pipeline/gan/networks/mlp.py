@@ -1,8 +1,9 @@
-"""The seed's MLP generator and discriminator, shared by every variant.
+"""The seed's MLP generator and discriminator.
 
-G: [z, y] -> hidden ReLU -> 784 sigmoid.  D: [x, y] -> hidden ReLU -> 1 (sigmoid for the minimax
-variant, raw logit for BCE-with-logits, raw score for a WGAN critic). y is the one-hot label and is
-present only for conditional variants (CGAN), so all variants compare the same architecture.
+G: [z, y] -> hidden ReLU -> 784·C sigmoid.  D: [x, y] -> hidden ReLU -> 1 (sigmoid for the minimax
+variant, raw logit for BCE-with-logits, raw score for a critic). y is the one-hot label and is present
+only for conditional variants (CGAN). With the defaults (one channel, no packing) this is exactly the
+seed's network; `channels` and `pack` only widen the input layer.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IMAGE_DIM = 28 * 28
-N_CLASSES = 10
+from pipeline.gan.networks.packing import pack_rows
+from pipeline.gan.networks.shapes import IMAGE_SIDE, N_CLASSES
 
 
 def _xavier_(module: nn.Module) -> None:
@@ -23,14 +24,14 @@ def _xavier_(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, hidden: int, conditional: bool = False):
+    def __init__(self, z_dim: int, hidden: int, conditional: bool = False, channels: int = 1):
         super().__init__()
         self.z_dim = z_dim
         self.n_classes = N_CLASSES if conditional else 0
         self.net = nn.Sequential(
             nn.Linear(z_dim + self.n_classes, hidden),
             nn.ReLU(),
-            nn.Linear(hidden, IMAGE_DIM),
+            nn.Linear(hidden, channels * IMAGE_SIDE * IMAGE_SIDE),
             nn.Sigmoid(),
         )
         _xavier_(self)
@@ -42,10 +43,14 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, hidden: int, conditional: bool = False, sigmoid_output: bool = True):
+    def __init__(
+        self, hidden: int, conditional: bool = False, sigmoid_output: bool = True, channels: int = 1, pack: int = 1
+    ):
         super().__init__()
         self.n_classes = N_CLASSES if conditional else 0
-        layers: list[nn.Module] = [nn.Linear(IMAGE_DIM + self.n_classes, hidden), nn.ReLU(), nn.Linear(hidden, 1)]
+        self.pack = pack
+        width = pack * (channels * IMAGE_SIDE * IMAGE_SIDE + self.n_classes)
+        layers: list[nn.Module] = [nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1)]
         if sigmoid_output:
             layers.append(nn.Sigmoid())
         self.net = nn.Sequential(*layers)
@@ -54,4 +59,4 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, y_onehot: torch.Tensor | None = None) -> torch.Tensor:
         if self.n_classes:
             x = torch.cat([x, y_onehot], dim=1)  # CGAN: the label joins the image
-        return self.net(x).squeeze(1)
+        return self.net(pack_rows(x, self.pack)).squeeze(1)
