@@ -13,7 +13,6 @@ from pathlib import Path
 from pipeline.common import layout, tracking
 from pipeline.common.errors import GanpipeError
 from pipeline.common.params import VariantParams
-from pipeline.gan.networks import Generator
 
 
 def from_experiment(root: Path, name: str):
@@ -42,6 +41,7 @@ def from_mlflow_run(root: Path, run_id: str):
     """(generator, variant) of the MLflow run `run_id`: its logged `generator` model and variant/* params."""
     import mlflow
 
+    from pipeline.gan.variants import build_generator
     from pipeline.reports.store import no_download_bars, open_store
 
     uri = open_store(root)
@@ -64,7 +64,7 @@ def from_mlflow_run(root: Path, run_id: str):
             "Pass the id of a finished training run (one with the `generator` model and variant/* params); "
             "with replicas, that is a replica's child run."
         ) from None
-    generator = Generator(variant.z_dim, variant.hidden, conditional=variant.conditional)
+    generator = build_generator(variant)
     generator.net.load_state_dict(net.state_dict())
     return generator.eval(), variant
 
