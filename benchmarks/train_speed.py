@@ -11,7 +11,17 @@ evaluator, when it has been trained) to show they optimise the same objective.
     python benchmarks/train_speed.py                       # vanilla and wgan at batch 64, this machine
     python benchmarks/train_speed.py --device cuda --json  # on a GPU, as JSON
     python benchmarks/train_speed.py --batch-sizes 64,256,1024,4096 --variants wgan
+    python benchmarks/train_speed.py --variants wgan --replicas 1,4,8,16 --json   # replicas side by side
+    python benchmarks/train_speed.py --variants wgan --replicas 1,8 --threads 1,2  # 1 thread vs all cores
+    python benchmarks/train_speed.py --variants wgan --replicas 8 --concurrent 2 --threads 1,2  # a `-j 2` queue
     python benchmarks/train_speed.py --variants dcgan --nchw   # the conv nets in NCHW instead of their channels_last
+
+With --replicas, each row also has `replicas`, `per_model_it_s` (generator iterations per second of each
+replica times R: the models trained per second) and `replica_speedup` (per_model_it_s at R over the same
+at R = 1, measured in the same run). Configurations are measured in interleaved rounds (--rounds) and the
+median is kept, so a load change on a shared machine hits every configuration alike. With --concurrent N,
+N copies of each measurement run at once in separate processes (what `dvc queue start -j N` does), and
+`share_of_solo` is each copy's speed over the solo speed at the same thread count.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 from pipeline.common import devices, layout  # noqa: E402
 from pipeline.data.mnist import load_prepared  # noqa: E402
 from pipeline.common.params import VariantParams, load_params  # noqa: E402
+from pipeline.gan import threads as thread_policy  # noqa: E402
+from pipeline.gan.replicas import replica_seeds  # noqa: E402
 from pipeline.gan.trainer import Trainer  # noqa: E402
 from pipeline.gan.variants import build  # noqa: E402
 
@@ -107,16 +119,15 @@ class ReferenceLoop:
 
 
 class GanpipeLoop:
-    def __init__(self, variant, x, y, device, seed, log_every: int = 100, compile: bool = False,
-                 nchw: bool = False):
-        parts = build(variant, device, seed)
-        if nchw:  # undo the DCGAN's channels_last weights, to re-measure that choice
-            parts.generator.to(memory_format=torch.contiguous_format)
-            parts.critic.to(memory_format=torch.contiguous_format)
-        if compile:  # what train.compile: true does
-            parts.generator.compile()
-            parts.critic.compile()
-        self.trainer = Trainer(parts, x.to(device), y.to(device), seed)
+    """ganpipe's trainer with R replicas, exactly as the train stage builds it."""
+
+    def __init__(self, variant, x, y, device, seed, log_every: int = 100, replicas: int = 1, nchw: bool = False):
+        seeds = replica_seeds(seed, replicas)
+        self.trainer = Trainer(variant, x.to(device), y.to(device), seeds, batched=replicas > 1)
+        if nchw:  # undo the DCGAN's channels_last weights (kept per replica by the stack), to re-measure that choice
+            for stack in (self.trainer.generator, self.trainer.critic):
+                stack.params = {k: v.detach().contiguous().requires_grad_() for k, v in stack.params.items()}
+            self.trainer._make_optimizers()
         self.log_every = log_every
         self.last = {}
 
@@ -130,7 +141,7 @@ class GanpipeLoop:
                 self.last = self.trainer.read_losses()
 
     def generator(self):
-        return self.trainer.parts.generator
+        return self.trainer.replica_generator(0)
 
 
 def iterations_per_second(loop, device: torch.device, min_seconds: float, warmup: int) -> float:
@@ -161,60 +172,119 @@ def quick_fld(generator, conditional: bool) -> float | None:
     return quick_metrics(images, evaluator.load(ROOT / layout.CLASSIFIER), ref, 0.25)["fld"]
 
 
+def _measure_in_child(args) -> float:
+    """One measurement in a fresh process (for --concurrent): build the loop, set threads, time it."""
+    variant_json, bs, replicas, n_threads, seconds, warmup, device_name, seed, log_every = args
+    torch.set_num_threads(n_threads)
+    v = VariantParams.model_validate(variant_json).model_copy(update={"batch_size": bs})
+    device = devices.resolve(device_name)
+    x, y = _training_tensors()
+    loop = GanpipeLoop(v, x, y, device, seed, log_every, replicas)
+    return iterations_per_second(loop, device, seconds, warmup)
+
+
+def _training_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_prepared(ROOT / layout.PREPARED)
+    x = torch.from_numpy(data.x_train.reshape(len(data.x_train), -1)).float() / 255.0
+    return x, torch.from_numpy(data.y_train.astype(np.int64))
+
+
+def _concurrent(n: int, job: tuple) -> float:
+    """The mean speed of n copies of `job` run at once in separate processes."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(n) as pool:
+        return float(np.mean(pool.map(_measure_in_child, [job] * n)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     ap.add_argument("--variants", default="vanilla,wgan")
     ap.add_argument("--batch-sizes", default="64")
-    ap.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per measurement")
+    ap.add_argument("--replicas", default="1", help="replica counts trained side by side, e.g. 1,4,8,16")
+    ap.add_argument("--threads", default="", help="CPU thread counts to compare, e.g. 1,2 (default: train.threads auto)")
+    ap.add_argument("--concurrent", type=int, default=1, metavar="N",
+                    help="run N copies of each ganpipe measurement at once, as a `dvc queue start -j N` would")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement (median kept)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per measurement and round")
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--no-reference", action="store_true", help="skip the plain reference loop")
     ap.add_argument("--check", type=int, default=0, metavar="N",
                     help="also train both loops N generator iterations and print final losses and FLD")
     ap.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
-    ap.add_argument("--compile", action="store_true", help="ganpipe's loop with torch.compile (train.compile: true)")
     ap.add_argument("--nchw", action="store_true", help="ganpipe's loop with conv weights in NCHW, not channels_last")
     args = ap.parse_args()
 
     device = devices.resolve(args.device)
     params = load_params(ROOT / "params.yaml")
-    data = load_prepared(ROOT / layout.PREPARED)
-    x_cpu = torch.from_numpy(data.x_train.reshape(len(data.x_train), -1)).float() / 255.0
-    y_cpu = torch.from_numpy(data.y_train.astype(np.int64))
+    x_cpu, y_cpu = _training_tensors()
+    replica_counts = [int(r) for r in args.replicas.split(",")]
+    if 1 not in replica_counts:
+        replica_counts.insert(0, 1)  # replica_speedup is relative to R = 1 of the same run
+    auto = {r: thread_policy.resolve("auto", device.type) for r in replica_counts}
+    thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [None]
     rows = []
     for name in args.variants.split(","):
         for bs in (int(b) for b in args.batch_sizes.split(",")):
             v = params.variants[name].model_copy(update={"batch_size": bs})
-            ref_loop = ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)
-            fast_loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every, args.compile,
-                                    args.nchw)
-            ref_its = iterations_per_second(ref_loop, device, args.seconds, args.warmup)
-            fast_its = iterations_per_second(fast_loop, device, args.seconds, args.warmup)
-            row = {
-                "variant": name, "device": str(device), "batch_size": bs,
-                "reference_it_s": round(ref_its, 2), "ganpipe_it_s": round(fast_its, 2),
-                "ratio": round(fast_its / ref_its, 2),
-                "compile": args.compile, "nchw": args.nchw,
-            }
-            if args.check:
-                for label, loop in (("reference", ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)),
-                                    ("ganpipe", GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every))):
-                    loop.run(args.check)
-                    row[f"{label}_final_losses"] = {k: round(val, 4) for k, val in loop.last.items()}
-                    row[f"{label}_fld"] = quick_fld(loop.generator(), v.conditional)
-            rows.append(row)
-            if not args.json:
-                print(json.dumps(row), file=sys.stderr)
+            configs = [(r, t) for t in thread_counts for r in replica_counts]
+            speeds: dict[tuple, list[float]] = {c: [] for c in configs}
+            solo: dict[tuple, list[float]] = {c: [] for c in configs}
+            ref_speeds: list[float] = []
+            for _ in range(args.rounds):  # interleaved: every configuration once per round
+                if not args.no_reference:
+                    torch.set_num_threads(thread_counts[0] or auto[1])
+                    ref_loop = ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)
+                    ref_speeds.append(iterations_per_second(ref_loop, device, args.seconds, args.warmup))
+                for r, t in configs:
+                    n_threads = t or auto[r]
+                    torch.set_num_threads(n_threads)
+                    loop = GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every, r, args.nchw)
+                    solo[(r, t)].append(iterations_per_second(loop, device, args.seconds, args.warmup))
+                    if args.concurrent > 1:
+                        job = (v.model_dump(mode="json"), bs, r, n_threads, args.seconds, args.warmup,
+                               args.device, params.seed, params.train.log_every)
+                        speeds[(r, t)].append(_concurrent(args.concurrent, job))
+            for r, t in configs:
+                its = float(np.median(solo[(r, t)]))
+                base = float(np.median(solo[(1, t)]))
+                row = {
+                    "variant": name, "device": str(device), "batch_size": bs, "replicas": r,
+                    "threads": t or auto[r], "threads_auto": t is None, "nchw": args.nchw,
+                    "ganpipe_it_s": round(its, 2), "per_model_it_s": round(its * r, 2),
+                    "replica_speedup": round(its * r / base, 2),
+                }
+                if ref_speeds:
+                    ref_its = float(np.median(ref_speeds))
+                    row.update(reference_it_s=round(ref_its, 2), ratio=round(its * r / ref_its, 2))
+                if args.concurrent > 1:
+                    shared = float(np.median(speeds[(r, t)]))
+                    row.update(concurrent=args.concurrent, concurrent_it_s=round(shared, 2),
+                               share_of_solo=round(shared / its, 2))
+                if args.check and r == 1:
+                    for label, loop in (("reference", ReferenceLoop(v, x_cpu, y_cpu, device, params.seed)),
+                                        ("ganpipe", GanpipeLoop(v, x_cpu, y_cpu, device, params.seed, params.train.log_every))):
+                        loop.run(args.check)
+                        last = loop.last if label == "reference" else loop.last.get(0, {})
+                        row[f"{label}_final_losses"] = {k: round(val, 4) for k, val in last.items()}
+                        row[f"{label}_fld"] = quick_fld(loop.generator(), v.conditional)
+                rows.append(row)
+                if not args.json:
+                    print(json.dumps(row), file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"generator iterations / s on {device} (threads: {torch.get_num_threads()})")
-    for col in ("variant", "batch", "reference it/s", "ganpipe it/s", "ratio"):
+    table = Table(title=f"generator iterations / s on {device} (one per replica; per model = x replicas)")
+    for col in ("variant", "batch", "replicas", "threads", "it/s", "per-model it/s", "vs R=1", "vs reference"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["variant"], str(r["batch_size"]), f"{r['reference_it_s']:.1f}", f"{r['ganpipe_it_s']:.1f}", f"{r['ratio']:.2f}x")
+        table.add_row(r["variant"], str(r["batch_size"]), str(r["replicas"]), str(r["threads"]),
+                      f"{r['ganpipe_it_s']:.1f}", f"{r['per_model_it_s']:.1f}", f"{r['replica_speedup']:.2f}x",
+                      f"{r['ratio']:.2f}x" if "ratio" in r else "-")
     Console().print(table)
 
 

@@ -4,18 +4,16 @@ from pipeline.common import atomic, layout
 from pipeline.instrument import reference
 from pipeline.instrument.calibration import calibrate
 from pipeline.common.console import progress_bar, run_main
-from pipeline.data.mnist import load_prepared
 from pipeline.common.params import load_params
 
 
 def main() -> None:
     params = load_params()
     ref = reference.load(layout.REFERENCE)
-    data = load_prepared(layout.PREPARED)
     with progress_bar() as bar:
         task = bar.add_task("calibrate on real subsets", total=params.evaluate.calibration_subsets)
         result = calibrate(
-            ref, data.x_train, params.evaluate, params.evaluator.seed,
+            ref, params.evaluate, params.evaluator.seed,
             on_subset=lambda done: bar.update(task, completed=done),
         )
     atomic.write_json(layout.CALIBRATION, result)

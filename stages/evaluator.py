@@ -14,7 +14,10 @@ TARGET_ACCURACY = 0.99
 def main() -> None:
     e = load_params().evaluator
     data = load_prepared(layout.PREPARED)
-    x, y = data.x_train, data.y_train
+    # Held-out training images stay unseen by the evaluator and the reference: with the test set they
+    # form the pool the calibrate stage measures real-data baselines on.
+    heldout = reference.holdout_mask(len(data.x_train), e.holdout, e.seed)
+    x, y = data.x_train[~heldout], data.y_train[~heldout]
     if e.train_subset:
         idx = np.random.default_rng(e.seed).choice(len(x), min(e.train_subset, len(x)), replace=False)
         x, y = x[idx], y[idx]
@@ -25,7 +28,9 @@ def main() -> None:
             on_step=lambda done, total: bar.update(task, completed=done, total=total),
         )
     with stderr.status("real-data reference: features, NDB bins, diversity, nearest neighbours"):
-        ref = reference.build(model, data, ndb_bins=e.ndb_bins, kmeans_fit_size=e.kmeans_fit_size, seed=e.seed)
+        ref = reference.build(
+            model, data, heldout=heldout, ndb_bins=e.ndb_bins, kmeans_fit_size=e.kmeans_fit_size, seed=e.seed
+        )
     accuracy = float(ref.test_accuracy)
     evaluator.save(model, layout.CLASSIFIER)
     reference.save(ref, layout.REFERENCE)

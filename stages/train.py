@@ -1,14 +1,15 @@
-"""DVC stage: train the variant named by `model`, tracked in MLflow, resumable after interruption."""
+"""DVC stage: train R replicas of the variant named by `model`, tracked in MLflow, resumable after interruption."""
 
 import yaml
 
 from pipeline.common import atomic, layout, tables, tracking
-from pipeline.instrument import evaluator, reference
 from pipeline.common.console import StageProgress, quiet_mlflow, run_main
-from pipeline.data.mnist import load_prepared
 from pipeline.common.params import load_params
+from pipeline.data.mnist import load_prepared
+from pipeline.gan.generator_file import save_generators
 from pipeline.gan.training_run import checkpoint_path, finish_run, train_tracked
-from pipeline.gan.variants import save_generator
+from pipeline.gan.training_summary import train_metrics
+from pipeline.instrument import evaluator, reference
 
 
 def main() -> None:
@@ -17,24 +18,29 @@ def main() -> None:
     tracking.check_store(tracking.tracking_uri(root))  # a bad MLFLOW_TRACKING_URI fails before any loading
     data = load_prepared(layout.PREPARED)
     classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
-    with quiet_mlflow(), StageProgress(f"train {params.model}", params.variant.iterations) as bar:
+    # Losses and checks beside the bar are the median over the live replicas.
+    with quiet_mlflow(), StageProgress(f"train {params.model} x{params.replicas}", params.variant.iterations) as bar:
         result = train_tracked(
             params, root, data, classifier, ref, progress=lambda done, total, **latest: bar.update(done, **latest)
         )
-    save_generator(layout.GENERATOR, result.generator, params.variant)
+    diverged = [result.diverged.get(r) for r in range(params.replicas)]
+    save_generators(layout.GENERATOR, result.generators(), params.variant, result.seeds, diverged)
     atomic.write_text(layout.RESOLVED_VARIANT, yaml.safe_dump(params.variant.model_dump(mode="json"), sort_keys=False))
     tables.write_csv(layout.LOSS_HISTORY, result.losses)
     tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
-    atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id})
+    atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id, "replica_run_ids": result.replica_run_ids})
     # Only results go in the metrics file, so the same params and seed give an identical file; the
-    # wall time and device are logged to MLflow instead.
-    final = {k: round(v, 6) for k, v in result.final_losses.items()}
-    atomic.write_json(layout.TRAIN_METRICS, {**final, "iterations": params.variant.iterations})
+    # wall time, threads and device are logged to MLflow instead.
+    atomic.write_json(layout.TRAIN_METRICS, train_metrics(result.final_losses, params.variant.iterations, diverged))
     with quiet_mlflow():
         finish_run(result, params.variant.iterations)
     checkpoint_path(params, root).unlink(missing_ok=True)  # finished: nothing left to resume
     resumed = f" (resumed from iteration {result.resumed_from})" if result.resumed_from else ""
-    print(f"trained {params.model} on {result.device} in {result.seconds:.1f} s{resumed}; MLflow run {result.run_id}")
+    lost = f"; {len(result.diverged)} diverged (see MLflow)" if result.diverged else ""
+    print(
+        f"trained {params.replicas} replicas of {params.model} on {result.device} ({result.threads} threads) in "
+        f"{result.seconds:.1f} s{resumed}{lost}; MLflow run {result.run_id}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def repo_params() -> dict:
 def tiny_params(iterations: int = 60) -> dict:
     """The repo's params.yaml with budgets small enough for a test."""
     p = copy.deepcopy(repo_params())
-    p["evaluator"].update(epochs=1, train_subset=3000, kmeans_fit_size=2000, ndb_bins=10)
+    p["replicas"] = 2  # enough to exercise the replica axis, small enough to keep the suite fast
+    p["evaluator"].update(epochs=1, train_subset=3000, holdout=2000, kmeans_fit_size=2000, ndb_bins=10)
     p["train"].update(log_every=20, checkpoint_every=20, sample_every=40, eval_every=20, eval_samples=300)
     p["evaluate"].update(n_samples=400, kid_subsets=4, kid_subset_size=200, calibration_subsets=3)
     for v in p["variants"].values():
@@ -70,13 +71,15 @@ def small_mnist(mnist):
 
 @pytest.fixture(scope="session")
 def instrument(small_mnist):
-    """A quickly trained evaluator (about 98% accurate) and its real-data reference on small_mnist."""
+    """A quickly trained evaluator (about 98% accurate) and its real-data reference on small_mnist, with 2,000
+    training images held out from both (the real baseline pool is those plus the 10,000 test images)."""
     from pipeline.instrument import evaluator, reference
 
+    heldout = reference.holdout_mask(len(small_mnist.x_train), 2000, seed=0)
     model = evaluator.train_classifier(
-        small_mnist.x_train, small_mnist.y_train, epochs=2, batch_size=128, lr=1e-3, seed=0
+        small_mnist.x_train[~heldout], small_mnist.y_train[~heldout], epochs=2, batch_size=128, lr=1e-3, seed=0
     )
-    ref = reference.build(model, small_mnist, ndb_bins=20, kmeans_fit_size=4000, seed=0)
+    ref = reference.build(model, small_mnist, heldout=heldout, ndb_bins=20, kmeans_fit_size=4000, seed=0)
     return model, ref
 
 

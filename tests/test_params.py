@@ -104,7 +104,7 @@ def test_a_misspelt_key_gets_did_you_mean_at_any_depth(section, typo, key):
 def test_an_unknown_key_without_a_close_match_lists_the_accepted_keys():
     message = refused(lambda p: p["train"].update(warmup=10))
     assert "unknown key `train.warmup`;" in message and "did you mean" not in message
-    assert "device, log_every, checkpoint_every, sample_every, eval_every, eval_samples, compile" in message
+    assert "device, log_every, checkpoint_every, sample_every, eval_every, eval_samples, threads" in message
 
 
 def set_variant(name: str, **values) -> Callable[[dict], None]:

@@ -48,25 +48,41 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
         assert "fld" in data["metrics"]["metrics/evaluate.json"]["data"]
     assert {"wgan", "cgan"} <= models
 
-    by_model = {r.data.tags["model"]: r for r in runs(repo)}
+    all_runs = runs(repo)
+    by_model = {r.data.tags["model"]: r for r in all_runs if "mlflow.parentRunId" not in r.data.tags}
+    children = {
+        name: sorted((c for c in all_runs if c.data.tags.get("mlflow.parentRunId") == run.info.run_id),
+                     key=lambda c: int(c.data.tags["replica"]))
+        for name, run in by_model.items()
+    }
     assert set(by_model) == {"vanilla", "wgan", "cgan"}
     for name, run in by_model.items():
         assert run.info.status == "FINISHED"
-        assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"]
-        assert "eval/fld" in run.data.metrics and "train/d_loss" in run.data.metrics
+        assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"] and run.data.tags["replicas"] == "2"
+        assert "eval/fld" in run.data.metrics
         assert run.data.params["model"] == name
         # only the trained variant's settings, grouped: no other preset is logged
         assert not any(k.startswith("variants") for k in run.data.params), sorted(run.data.params)
         assert {"variant/objective", "variant/lr", "train/log_every", "eval/n_samples"} <= set(run.data.params)
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-        assert {"evaluation", "report", "images"} <= artifacts, artifacts
+        assert {"evaluation", "report"} <= artifacts, artifacts
+        assert [c.data.tags["replica"] for c in children[name]] == ["0", "1"]
+        for child in children[name]:  # each replica: its grouped params, losses and sample grids (step 0 first)
+            assert child.info.status == "FINISHED" and "train/d_loss" in child.data.metrics
+            assert child.data.params["model"] == name and child.data.params["replica_seed"] == child.data.tags["replica_seed"]
+            assert {"variant/objective", "train/log_every", "eval/n_samples"} <= set(child.data.params)
+            assert "images" in {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id)}
     assert by_model["wgan"].data.params["variant/n_critic"] == "5"
-    assert "train/w_estimate" in by_model["wgan"].data.metrics
-    history = mlflow.MlflowClient().get_metric_history(by_model["wgan"].info.run_id, "train/d_loss")
+    wgan_child = children["wgan"][0]
+    assert wgan_child.data.params["variant/n_critic"] == "5"
+    assert "train/w_estimate" in wgan_child.data.metrics
+    history = mlflow.MlflowClient().get_metric_history(wgan_child.info.run_id, "train/d_loss")
     assert len(history) == 60 // 20  # losses every log_every steps, never per step
     assert by_model["wgan"].data.tags["dvc_exp_name"] != "workspace"
+    assert by_model["wgan"].info.run_name == f"{by_model['wgan'].data.tags['dvc_exp_name']}-wgan"
     logged_models = mlflow.search_logged_models(experiment_ids=[by_model["cgan"].info.experiment_id], output_format="list")
-    assert any(m.source_run_id == by_model["cgan"].info.run_id and m.name == "generator" for m in logged_models)
+    for child in children["cgan"]:  # one generator model per replica
+        assert any(m.source_run_id == child.info.run_id and m.name == "generator" for m in logged_models)
 
     # DVC's own views.
     assert "fld" in dvc(repo, "metrics", "show").stdout
@@ -97,7 +113,7 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     )
     result = json.loads(out.stdout)
     assert REQUIRED_KEYS <= set(result) and result["label_accuracy"] is not None
-    assert set(result["collapse"]) == {"detected", "kind", "evidence"}
+    assert {"detected", "kind", "evidence", "severity", "borderline", "imbalance", "checks"} <= set(result["collapse"])
     subprocess.run(
         ["ganpipe", "sample", "--digit", "7", "--n", "20", "--out", "sevens.png"],
         cwd=repo, env=dvc_env(repo), check=True, capture_output=True,
@@ -120,7 +136,7 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     dvc(repo, "queue", "start", "-j", "2")
     status = wait_for_queue(repo)
     assert "Failed" not in status, status
-    seed1 = [r for r in runs(repo) if r.data.tags["seed"] == "1"]
+    seed1 = [r for r in runs(repo) if r.data.tags["seed"] == "1" and "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.data.tags["model"] for r in seed1) == ["vanilla", "wgan"]
     for run in seed1:
         assert run.info.status == "FINISHED"

@@ -49,7 +49,21 @@ def stage(repo: Path, name: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def generator_state(repo: Path) -> dict[str, torch.Tensor]:
-    return torch.load(repo / "outputs/train/generator.pt", weights_only=True)["state_dict"]
+    """Every replica's generator weights, keyed `r<replica>.<tensor name>`."""
+    saved = torch.load(repo / "outputs/train/generator.pt", weights_only=True)
+    return {f"r{rep['index']}.{k}": v for rep in saved["replicas"] for k, v in rep["state_dict"].items()}
+
+
+def parent_runs(repo: Path) -> list:
+    """One run per training (its replicas are nested child runs)."""
+    return [r for r in runs(repo) if "mlflow.parentRunId" not in r.data.tags]
+
+
+def child_runs(repo: Path, parent) -> list:
+    return sorted(
+        (r for r in runs(repo) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda r: int(r.data.tags["replica"]),
+    )
 
 
 def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(tmp_path, shared_cache):
@@ -78,10 +92,13 @@ def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(t
     after_resume = generator_state(repo)
     train_metrics = json.loads((repo / "metrics/train.json").read_text())
     assert train_metrics["iterations"] == 2000
-    (wgan_run,) = [r for r in runs(repo) if r.data.tags["model"] == "wgan"]
+    (wgan_run,) = [r for r in parent_runs(repo) if r.data.tags["model"] == "wgan"]
     assert wgan_run.info.status == "FINISHED"  # the interrupted run was reopened and finished
-    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(wgan_run.info.run_id, "train/d_loss")]
-    assert max(steps) == 2000
+    children = child_runs(repo, wgan_run)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    for child in children:  # each replica's run was reopened too, its history continued
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(child.info.run_id, "train/d_loss")]
+        assert max(steps) == 2000 and len(steps) == 2000 // 20
 
     # The same training without interruption gives the same weights, bit for bit: the checkpoint
     # holds the optimiser state and the training RNG, and CPU kernels are deterministic.
@@ -103,19 +120,24 @@ def test_divergence_stops_training_keeps_the_last_good_checkpoint_and_fails_the_
     assert result.returncode != 0
     err = result.stderr + result.stdout
     assert "Traceback" not in err
-    assert "model wgan diverged" in err and "lr 30000000000.0" in err and "clip 1e+30" in err
+    assert "all 2 replicas of model wgan diverged" in err and "lr 30000000000.0" in err and "clip 1e+30" in err
     assert "last good checkpoint" in err
     assert not (repo / "outputs/train/generator.pt").exists()
     (ckpt,) = (repo / ".ganpipe/checkpoints").glob("*.pt")
     state = torch.load(ckpt, weights_only=False)
-    diverged_at = int(err.split("by generator iteration ")[1].split()[0])
+    diverged_at = int(err.split("the last by generator iteration ")[1].split()[0])
     # Detected within one logging window; the checkpoint is the last one before it, and finite.
     assert diverged_at % 20 == 0 and state["trainer"]["step"] == diverged_at - 20
     for net in ("generator", "critic"):
-        assert all(torch.isfinite(t).all() for t in state["trainer"][net].values())
-    (run,) = runs(repo)
+        assert all(torch.isfinite(t).all() for t in state["trainer"][net]["params"].values())
+    (run,) = parent_runs(repo)
     assert run.info.status == "FAILED"
     assert "diverged" in run.data.tags["failure_reason"]
+    children = child_runs(repo, run)
+    assert len(children) == 2
+    for child in children:  # each replica's run says why it failed
+        assert child.info.status == "FAILED"
+        assert f"replica {child.data.tags['replica']} of model wgan diverged" in child.data.tags["failure_reason"]
 
 
 def test_same_params_and_seed_give_identical_metrics_files(tmp_path, shared_cache):
@@ -126,7 +148,8 @@ def test_same_params_and_seed_give_identical_metrics_files(tmp_path, shared_cach
     dvc(repo, "repro", "--force", "--single-item", "evaluate")
     second = {name: (repo / "metrics" / name).read_text() for name in ("train.json", "evaluate.json")}
     assert first == second
-    assert len(runs(repo)) == 2  # both trainings were real runs, each tracked
+    assert len(parent_runs(repo)) == 2  # both trainings were real runs, each tracked
+    assert len(runs(repo)) == 2 * 3  # each with one child run per replica
 
 
 @pytest.mark.parametrize(
@@ -180,7 +203,9 @@ def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, m
     dvc(repo, "repro", env=dvc_env(repo, MLFLOW_TRACKING_URI=mlflow_server))
     assert not (repo / "mlflow.db").exists()  # nothing went to the local store
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
-    (run,) = client.search_runs([client.get_experiment_by_name("ganpipe").experiment_id])
+    found = client.search_runs([client.get_experiment_by_name("ganpipe").experiment_id])
+    (run,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    assert len(found) == 3  # the training's run and one nested run per replica
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "vanilla"
     assert "eval/fld" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

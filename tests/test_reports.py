@@ -172,7 +172,8 @@ def workspace(tmp_path_factory, mnist, store):
     from pipeline.instrument.calibration import calibrate
     from pipeline.data.mnist import MNIST
     from pipeline.common.params import flatten, parse_params
-    from pipeline.gan.variants import build, save_generator
+    from pipeline.gan.generator_file import save_generators
+    from pipeline.gan.variants import build
     from stages import evaluate as evaluate_stage
     from stages import report as report_stage
 
@@ -196,13 +197,14 @@ def workspace(tmp_path_factory, mnist, store):
         classifier = evaluator.train_classifier(
             data.x_train[:1000], data.y_train[:1000], epochs=1, batch_size=64, lr=2e-3, seed=0
         )
-        ref = reference.build(classifier, data, ndb_bins=10, kmeans_fit_size=1000, seed=0)
+        heldout = np.arange(len(data.x_train)) >= 2000  # unseen by the classifier: part of the real baseline pool
+        ref = reference.build(classifier, data, heldout=heldout, ndb_bins=10, kmeans_fit_size=1000, seed=0)
         evaluator.save(classifier, layout.CLASSIFIER)
         reference.save(ref, layout.REFERENCE)
-        atomic.write_json(layout.CALIBRATION, calibrate(ref, data.x_train, params.evaluate, 0))
+        atomic.write_json(layout.CALIBRATION, calibrate(ref, params.evaluate, 0))
 
         # What the train stage leaves behind (an untrained generator is enough for the report).
-        save_generator(layout.GENERATOR, build(params.variant, torch.device("cpu"), 0).generator, params.variant)
+        save_generators(layout.GENERATOR, [build(params.variant, torch.device("cpu"), 0).generator], params.variant, [0], [None])
         losses, curve = _training_curves(np.arange(20, 420, 20))
         tables.write_csv(layout.LOSS_HISTORY, losses.to_dict("records"))
         tables.write_csv(layout.COLLAPSE_CURVE, curve.to_dict("records"))
@@ -358,7 +360,9 @@ def _evaluation(fld: float, coverage: int, kind: str) -> dict:
     result = {k: 0.5 for k in SCALARS}
     result.update(n_samples=200, fld=fld, class_coverage=coverage, label_accuracy=None, first_collapse_iteration=None)
     evidence = [] if kind == "none" else [f"{10 - coverage} of 10 digits are missing or far under-represented"]
-    result["collapse"] = {"detected": kind != "none", "kind": kind, "evidence": evidence}
+    result["collapse"] = {
+        "detected": kind != "none", "kind": kind, "evidence": evidence, "severity": "none", "borderline": False,
+    }
     return result
 
 

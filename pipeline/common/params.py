@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from pipeline.common import params_errors
@@ -123,6 +125,7 @@ class EvaluatorParams(Strict):
     batch_size: PositiveInt
     lr: PositiveFloat
     train_subset: PositiveInt | None
+    holdout: NonNegativeInt  # training images kept from the evaluator and the reference for real baselines
     ndb_bins: PositiveInt
     kmeans_fit_size: PositiveInt
     seed: NonNegativeInt
@@ -135,7 +138,10 @@ class TrainParams(Strict):
     sample_every: PositiveInt
     eval_every: PositiveInt
     eval_samples: PositiveInt
-    compile: bool
+    threads: Annotated[
+        Literal["auto"] | PositiveInt,
+        Field(description="auto, or a number of CPU threads >= 1 (e.g. 1)"),
+    ]
 
     @field_validator("device")
     @classmethod
@@ -165,10 +171,22 @@ class VerdictParams(Strict):
     (it also defines class_coverage during training); calibration refuses it if real data crosses it.
     """
 
-    min_share_ratio: Fraction  # a digit is covered when its share is >= this x its share in MNIST
-    class_kl_margin: PositiveFloat  # nats above the highest real class KL
+    missing_share_ratio: Fraction  # a digit below this x its MNIST share is missing: severe inter-class collapse
+    min_share_ratio: Fraction  # below this x its MNIST share a digit is far under-represented: inter-class collapse
+    imbalance_share_ratio: Fraction  # below this (but above min_share_ratio): imbalance, not collapse
+    class_kl_margin: PositiveFloat  # nats above the highest real class KL: imbalance
     diversity_factor: Fraction  # intra-class diversity below this x the lowest real ratio
     duplicate_rate_margin: Fraction  # above the highest real duplicate rate
+    spread_factor: Fraction  # neighbour spread below this x the lowest real value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "VerdictParams":
+        if not self.missing_share_ratio <= self.min_share_ratio <= self.imbalance_share_ratio:
+            raise ValueError(
+                "the share ratios must be ordered missing_share_ratio <= min_share_ratio <= imbalance_share_ratio "
+                "(e.g. 0.1, 0.25, 0.4)"
+            )
+        return self
 
 
 class EvaluateParams(Strict):
@@ -179,6 +197,8 @@ class EvaluateParams(Strict):
     ndb_alpha: Fraction
     duplicate_quantile: Fraction
     calibration_subsets: PositiveInt
+    interval_confidence: Fraction  # level of every interval the instrument reports
+    bootstrap_draws: PositiveInt  # resamples behind the bootstrap intervals
     verdict: VerdictParams
 
 
@@ -189,6 +209,7 @@ class ReportParams(Strict):
 class Params(Strict):
     model: Annotated[str, Field(description="the name of one of the presets under `variants`")]
     seed: NonNegativeInt
+    replicas: Annotated[PositiveInt, Field(description="how many independent replicas of the variant to train, >= 1")]
     download: DownloadParams
     evaluator: EvaluatorParams
     train: TrainParams
@@ -213,8 +234,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         what = "is empty" if raw is None else f"holds {type(raw).__name__} {params_errors.show(raw)}"
         raise GanpipeError(
-            f"{source} {what}, but it must hold a mapping of keys to values (model, seed, download, "
-            "evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
+            f"{source} {what}, but it must hold a mapping of keys to values (model, seed, replicas, "
+            "download, evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
             "or fix its top level."
         )
     problems: list[str] = []

@@ -140,13 +140,23 @@ def run_identity(model: str, seed: int, cwd: Path | None = None) -> tuple[str, d
     return f"{exp_name or 'workspace'}-{model}-s{seed}", tags
 
 
-def identity_tags(model: str, seed: int) -> dict[str, str]:
+def identity_tags(model: str, seed: int, replica: int | None = None) -> dict[str, str]:
     """The tags that change when a killed experiment is resumed under a new DVC experiment name.
 
-    A resumed run continues the killed attempt's MLflow run; setting these again keeps the run's name
+    A resumed run continues the killed attempt's MLflow runs; setting these again on the parent
+    (replica None) and on each child (replica r) keeps the run names `<exp>-<model>` / `<exp>-<model>-r<r>`
     and `dvc_exp_name` equal to what `dvc exp ls` shows for the experiment that finished it."""
-    name, tags = run_identity(model, seed)
+    _, tags = run_identity(model, seed)
+    name = f"{tags['dvc_exp_name']}-{model}" + ("" if replica is None else f"-r{replica}")
     return {"mlflow.runName": name, "dvc_exp_name": tags["dvc_exp_name"], "dvc_baseline_rev": tags["dvc_baseline_rev"]}
+
+
+def set_tags_on(run_id: str, tags: dict[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        retry_locked(lambda: client.set_tag(run_id, key, value))
 
 
 def metric_name(section: str, key: str) -> str:
@@ -229,6 +239,13 @@ def describe_verdict(result: dict[str, Any], exp_name: str = "", real_confidence
     return "\n".join(lines)
 
 
+def verdict_tags(result: dict[str, Any], model: str, seed: int, calibration: dict[str, Any]) -> dict[str, str]:
+    """The run's Description (describe_verdict), naming the DVC experiment the run belongs to now."""
+    exp_name = identity_tags(model, seed)["dvc_exp_name"]
+    real_confidence = calibration.get("real", {}).get("mean_confidence", {}).get("mean")
+    return {DESCRIPTION_TAG: describe_verdict(result, exp_name, real_confidence)}
+
+
 # MLflow 3.17's UI picks its GenAI or model-training view from a switch the browser remembers (default
 # GenAI), not from the experiment tag; this query parameter opens the model-training view.
 UI_VIEW = "workflowType=machine_learning"
@@ -279,3 +296,67 @@ def reopen_run(root: Path, run_id: str, model: str, seed: int):
         name, tags = run_identity(model, seed)
         tags["ganpipe.training_run_missing"] = run_id
         return retry_locked(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags))
+
+
+# --- replicas: one parent run per training, one nested child run per replica -----------------------
+
+
+def training_identity(model: str, seed: int, replicas: int, cwd: Path | None = None) -> tuple[str, dict[str, str]]:
+    """The parent run's name `<dvc experiment>-<model>` and its tags (run_identity's, plus `replicas`)."""
+    _, tags = run_identity(model, seed, cwd)
+    return f"{tags['dvc_exp_name']}-{model}", {**tags, "replicas": str(replicas)}
+
+
+def _param_batches(flat: dict[str, Any]):
+    from mlflow.entities import Param
+
+    params = [Param(k, "null" if v is None else str(v)) for k, v in flat.items()]
+    for start in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
+        yield params[start : start + 100]
+
+
+def log_params_to(run_id: str, flat: dict[str, Any]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for chunk in _param_batches(flat):
+        retry_locked(lambda: client.log_batch(run_id, params=chunk))
+
+
+def start_replica_runs(
+    experiment_id: str,
+    parent_id: str,
+    parent_name: str,
+    parent_tags: dict[str, str],
+    seeds: list[int],
+    flat_params: dict[str, Any],
+) -> list[str]:
+    """One child run per replica under the parent: name `<parent>-r<r>`, tags replica and replica_seed."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    ids = []
+    for r, seed in enumerate(seeds):
+        tags = {**parent_tags, "mlflow.parentRunId": parent_id, "replica": str(r), "replica_seed": str(seed)}
+        run = retry_locked(lambda: client.create_run(experiment_id, run_name=f"{parent_name}-r{r}", tags=tags))
+        log_params_to(run.info.run_id, {**flat_params, "replica": r, "replica_seed": seed})
+        ids.append(run.info.run_id)
+    return ids
+
+
+def reopen_runs(run_ids: list[str]) -> None:
+    """Mark runs of an interrupted training RUNNING again when training resumes into them."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        retry_locked(lambda: client.update_run(run_id, status="RUNNING"))
+
+
+def end_run_failed(run_id: str, reason: str) -> None:
+    """A run that did not produce a result: status FAILED and a `failure_reason` tag saying why."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    retry_locked(lambda: client.set_tag(run_id, "failure_reason", reason))
+    retry_locked(lambda: client.set_terminated(run_id, status="FAILED"))

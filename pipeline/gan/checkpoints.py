@@ -20,11 +20,12 @@ from pipeline.common.params import Params
 
 
 def fingerprint(params: Params, device: torch.device) -> str:
-    """Hash of the params that shape a training run (variant, seed, train section) and the device type."""
+    """Hash of the params that shape a training run (variant, seed, replicas, train section) and the device type."""
     key = {
         "model": params.model,
         "variant": params.variant.model_dump(mode="json"),
         "seed": params.seed,
+        "replicas": params.replicas,
         "train": params.train.model_dump(mode="json"),
         "device": device.type,
     }

@@ -21,16 +21,27 @@ Tensor = torch.Tensor
 # float32) gives a large finite loss and a vanishing gradient instead of NaN. Taken literally
 # (torch.log without the clamp), this preset reached NaN at generator iteration 8,600 of the default
 # run on CPU, which is the instability the post's closing tip (BCE-with-logits) avoids.
+def _bce_on_probabilities(p: Tensor, target: float) -> Tensor:
+    """F.binary_cross_entropy that returns NaN for a NaN probability instead of raising.
+
+    F.binary_cross_entropy refuses inputs outside [0, 1], NaN included. With replicas trained in one
+    batch, one diverged replica's NaN would then stop every replica; instead its loss becomes NaN and
+    the trainer drops that replica. For finite inputs value and gradient are unchanged: the extra term
+    is exactly 0 with a zero gradient.
+    """
+    nan = p.isnan()
+    safe = torch.where(nan, 0.5, p)
+    return F.binary_cross_entropy(safe, torch.full_like(safe, target)) + (p - p).mean()
+
+
 def minimax_d_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """-E[log D(x)] - E[log(1 - D(G(z)))], with D already a probability."""
-    return F.binary_cross_entropy(d_real, torch.ones_like(d_real)) + F.binary_cross_entropy(
-        d_fake, torch.zeros_like(d_fake)
-    )
+    return _bce_on_probabilities(d_real, 1.0) + _bce_on_probabilities(d_fake, 0.0)
 
 
 def minimax_g_loss(d_fake: Tensor) -> Tensor:
     """-E[log D(G(z))]: the post's generator loss (the non-saturating form of the minimax game)."""
-    return F.binary_cross_entropy(d_fake, torch.ones_like(d_fake))
+    return _bce_on_probabilities(d_fake, 1.0)
 
 
 # --- the post's closing tip: the same game computed from logits, numerically stable ---------------

@@ -15,13 +15,13 @@ from pipeline.common.errors import GanpipeError
 from pipeline.common.params import VariantParams
 
 
-def from_experiment(root: Path, name: str):
-    """(generator, variant) of DVC experiment `name` (or any git revision), read from DVC's cache."""
+def from_experiment(root: Path, name: str, replica: int = 0):
+    """(generator, variant) of replica `replica` of DVC experiment `name` (or any git revision), read from DVC's cache."""
     import dvc.api
     from dvc.exceptions import DvcException
     from scmrepo.exceptions import SCMError
 
-    from pipeline.gan.variants import load_generator
+    from pipeline.gan.generator_file import load_generator
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "generator.pt"
@@ -34,11 +34,13 @@ def from_experiment(root: Path, name: str):
                 "List the experiments with `dvc exp ls` (or `dvc exp show`) and pass one of their names; "
                 "an experiment whose train stage did not finish has no generator."
             ) from None
-        return load_generator(local)
+        return load_generator(local, replica)
 
 
-def from_mlflow_run(root: Path, run_id: str):
-    """(generator, variant) of the MLflow run `run_id`: its logged `generator` model and variant/* params."""
+def from_mlflow_run(root: Path, run_id: str, replica: int = 0):
+    """(generator, variant) of the MLflow run `run_id`: its logged `generator` model and variant/* params.
+
+    A training's parent run holds no model: its child run of replica `replica` is used instead."""
     import mlflow
 
     from pipeline.gan.variants import build_generator
@@ -52,6 +54,8 @@ def from_mlflow_run(root: Path, run_id: str):
             f"the MLflow store {uri} holds no run {run_id!r}. Copy a run id from `mlflow ui` or "
             "outputs/train/mlflow_run.json, or set MLFLOW_TRACKING_URI to the store that holds it."
         ) from None
+    run = _replica_child(run, replica)
+    run_id = run.info.run_id
     prefix = tracking.metric_name(tracking.VARIANT, "")
     logged = {k.removeprefix(prefix): v for k, v in run.data.params.items() if k.startswith(prefix)}
     try:
@@ -67,6 +71,26 @@ def from_mlflow_run(root: Path, run_id: str):
     generator = build_generator(variant)
     generator.net.load_state_dict(net.state_dict())
     return generator.eval(), variant
+
+
+def _replica_child(run, replica: int):
+    """The run itself when it is a replica's (child) run; for a training's parent run, its child `replica`."""
+    import mlflow
+
+    if "mlflow.parentRunId" in run.data.tags or "replicas" not in run.data.tags:
+        return run
+    parent = run.info.run_id
+    children = mlflow.MlflowClient().search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.replica = '{replica}'",
+    )
+    if not children:
+        raise GanpipeError(
+            f"MLflow run {parent} is a training's parent run with no child run for replica {replica} (it has "
+            f"{run.data.tags['replicas']} replicas). Pass --replica between 0 and {int(run.data.tags['replicas']) - 1}, "
+            "or the id of a replica's child run."
+        )
+    return children[0]
 
 
 def _param(text: str):

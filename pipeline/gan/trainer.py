@@ -1,13 +1,19 @@
-"""The GAN training loop, fast by construction.
+"""The GAN training loop for R replicas of one variant, side by side in one process, fast by construction.
 
+- Replicas are stacked (pipeline/gan/replica_stack.py): one batched forward/backward and one optimiser
+  step serve all R networks, and nothing mixes replicas, so replica r's numbers do not depend on R.
+- Replica r draws its batches and noise from its own generator, seeded with its replica seed, so it is
+  the same training whether it runs alone or next to others.
 - The whole training set lives on the training device; batches are drawn by on-device random indexing
-  (one `randint` per generator iteration covers all critic batches), so there is no DataLoader,
-  no collation and no host-to-device copy in the loop.
+  (one `randint` per replica and generator iteration covers all critic batches): no DataLoader, no
+  collation and no host-to-device copy in the loop.
 - Losses are summed into device tensors and read once per `log_every` iterations: the hot loop never
   calls `.item()`, so a GPU never waits for the host.
-- The generator runs under `no_grad` during critic steps, and the critic's weights do not collect
-  gradients during the generator step: both are work a plain loop does and throws away.
-- Adam is fused and RMSProp uses foreach kernels; WGAN weight clipping is a foreach clamp.
+- The generator runs under `no_grad` during critic steps, and the critic's weights are detached during
+  the generator step: both are work a plain loop does and throws away.
+- Adam is fused and RMSProp uses foreach kernels over the stacked tensors; WGAN clipping is a foreach clamp.
+- A replica whose losses or weights become NaN/Inf is recorded as diverged and dropped from the stack;
+  the others carry on. Only when every replica has diverged does training stop with NonFiniteTraining.
 """
 
 from __future__ import annotations
@@ -17,38 +23,70 @@ from typing import Callable
 
 import torch
 
+from pipeline.common.params import VariantParams
 from pipeline.gan.networks import N_CLASSES
-from pipeline.gan.objectives import clip_weights_, gradient_penalty
-from pipeline.gan.variants import GanParts
+from pipeline.gan.objectives import OBJECTIVES, clip_weights_, gradient_penalty
+from pipeline.gan.replica_stack import ReplicaStack, map_replicas
+from pipeline.gan.variants import build_networks, make_optimizer
 
 
 class NonFiniteTraining(Exception):
-    """A loss or a parameter is NaN or Inf."""
+    """Every replica's loss or parameters became NaN or Inf."""
 
     def __init__(self, step: int, what: str):
         super().__init__(f"{what} became NaN/Inf by generator iteration {step}")
         self.step, self.what = step, what
 
 
-class Trainer:
-    """Owns the networks, optimisers, on-device data and the training RNG.
+@dataclass(frozen=True)
+class Divergence:
+    step: int  # the reading at which it was seen (NaN/Inf appeared within the log_every iterations before)
+    what: str
 
-    `advance(n)` runs n generator iterations; `read_losses()` is the only host synchronisation.
-    `state_dict()` captures everything needed to resume bit-identically on the same device.
+    def __str__(self) -> str:
+        return f"{self.what} became NaN/Inf by generator iteration {self.step}"
+
+
+class Trainer:
+    """Owns the stacked networks, optimisers, on-device data and one RNG per replica.
+
+    `advance(n)` runs n generator iterations of every live replica; `read_losses()` is the only host
+    synchronisation. `state_dict()` captures everything needed to resume bit-identically on the same
+    device. `batched=False` runs the same computation with a loop over replicas (for networks vmap
+    cannot batch, and as the reference in tests).
     """
 
-    def __init__(self, parts: GanParts, images: torch.Tensor, labels: torch.Tensor, seed: int, precision: str = "fp32"):
-        self.parts = parts
+    def __init__(
+        self,
+        variant: VariantParams,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        seeds: list[int],
+        precision: str = "fp32",
+        batched: bool = True,
+    ):
+        self.variant = variant
+        self.objective = OBJECTIVES[variant.objective]
         self.images = images  # (N, 784) float in [0, 1], on the training device
         self.labels = labels  # (N,) int64, on the training device
         self.device = images.device
-        self.rng = torch.Generator(device=self.device)
-        self.rng.manual_seed(seed)
+        self.seeds = list(seeds)
+        self.precision = precision
+        self.batched = batched
+        nets = [build_networks(variant, self.device, s) for s in self.seeds]
+        self.generator = ReplicaStack([g for g, _ in nets])
+        self.critic = ReplicaStack([d for _, d in nets])
+        self.rngs = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+        self.live: list[int] = list(range(len(self.seeds)))  # replica index of each stacked row
+        self.diverged: dict[int, Divergence] = {}
         self.step = 0
         self._onehot = torch.eye(N_CLASSES, device=self.device)
-        self._critic_params = list(parts.critic.parameters())
-        self.precision = precision
+        self._make_optimizers()
         self._zero_sums()
+
+    def _make_optimizers(self) -> None:
+        self.g_opt = make_optimizer(self.generator.parameters(), self.variant, self.device)
+        self.d_opt = make_optimizer(self.critic.parameters(), self.variant, self.device)
 
     def _autocast(self):
         # bf16 matmuls with fp32 master weights, fp32 losses and fp32 optimiser state.
@@ -56,113 +94,206 @@ class Trainer:
 
     # ------------------------------------------------------------------ hot loop
     def _zero_sums(self) -> None:
-        self._d_sum = torch.zeros((), device=self.device)
-        self._g_sum = torch.zeros((), device=self.device)
-        self._penalty_sum = torch.zeros((), device=self.device)
+        self._d_sum = torch.zeros(len(self.live), device=self.device)
+        self._g_sum = torch.zeros(len(self.live), device=self.device)
+        self._penalty_sum = torch.zeros(len(self.live), device=self.device)
         self._n = 0
 
-    def _labels_onehot(self, idx: torch.Tensor) -> torch.Tensor | None:
-        return self._onehot[self.labels[idx]] if self.parts.variant.conditional else None
+    def _draw(self, n: int, n_eps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Each live replica's batch indices, noise and (WGAN-GP) interpolation weights, from its own RNG."""
+        size, z_dim = self.images.shape[0], self.variant.z_dim
+        idx, z, eps = [], [], []
+        for r in self.live:
+            rng = self.rngs[r]
+            idx.append(torch.randint(size, (n,), device=self.device, generator=rng))
+            z.append(torch.randn(n, z_dim, device=self.device, generator=rng))
+            if n_eps:
+                eps.append(torch.rand(n_eps, 1, device=self.device, generator=rng))
+        return torch.stack(idx), torch.stack(z), torch.stack(eps) if n_eps else None
 
     def _iteration(self) -> None:
-        p, v = self.parts, self.parts.variant
-        G, D, obj = p.generator, p.critic, p.objective
+        v, obj = self.variant, self.objective
+        G, D = self.generator, self.critic
         b, k = v.batch_size, v.n_critic
         # One draw covers all k critic batches plus the generator step's labels (WGAN change 3: k critic
         # steps per generator step).
-        idx = torch.randint(self.images.shape[0], ((k + 1) * b,), device=self.device, generator=self.rng)
-        z = torch.randn((k + 1) * b, v.z_dim, device=self.device, generator=self.rng)
-        y = self._labels_onehot(idx)
-        real = self.images[idx[: k * b]]
-        # WGAN-GP: where between each real and fake image the penalty is taken, from this trainer's RNG.
-        lam = v.gradient_penalty
-        eps = None if lam is None else torch.rand(k * b, 1, device=self.device, generator=self.rng)
+        lam = v.gradient_penalty  # WGAN-GP's lambda, or None
+        idx, z, eps = self._draw((k + 1) * b, 0 if lam is None else k * b)
+        y = self._onehot[self.labels[idx]] if v.conditional else None  # (R, (k+1)b, 10)
+        real = self.images[idx[:, : k * b]]  # (R, kb, 784)
+
+        def generate(gp, gb, z, y):
+            return G.bind(gp, gb)(z, y)
+
         # G does not change during the critic steps, so all k fake batches come from one forward pass.
         with torch.no_grad(), self._autocast():
-            fake = G(z[: k * b], None if y is None else y[: k * b])
+            fake = map_replicas(generate, self.batched, G.params, G.buffers, z[:, : k * b], _part(y, 0, k * b))
+
+        def critic_loss(dp, db, real, fake, y, eps):
+            critic = D.bind(dp, db)
+            # Real and fake go through D as one batch: one larger matmul instead of two.
+            both = critic(torch.cat([real, fake]), None if y is None else torch.cat([y, y]))
+            d_real, d_fake = both.float().chunk(2)  # halves, also when D scores packs of samples
+            loss = obj.d_loss(d_real, d_fake)
+            if lam is None:
+                return torch.stack([loss, torch.zeros_like(loss)])
+            penalty = gradient_penalty(critic, real, fake, y, eps)
+            return torch.stack([loss + lam * penalty, penalty])
+
         for i in range(k):
-            sl = slice(i * b, (i + 1) * b)
-            y_i = None if y is None else y[sl]
+            lo, hi = i * b, (i + 1) * b
             with self._autocast():
-                # Real and fake go through D as one batch: one larger matmul instead of two.
-                both = D(torch.cat([real[sl], fake[sl]]), None if y_i is None else torch.cat([y_i, y_i]))
-                d_real, d_fake = both.float().chunk(2)  # halves, also when D scores packs of samples
-                d_loss = obj.d_loss(d_real, d_fake)
-                if lam is not None:
-                    penalty = gradient_penalty(D, real[sl], fake[sl], y_i, eps[sl])
-                    d_loss = d_loss + lam * penalty
-                    self._penalty_sum += penalty.detach()
-            p.d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            p.d_opt.step()
+                out = map_replicas(
+                    critic_loss, self.batched, D.params, D.buffers, real[:, lo:hi], fake[:, lo:hi],
+                    _part(y, lo, hi), _part(eps, lo, hi),
+                )
+            d_loss = out[:, 0]
+            self.d_opt.zero_grad(set_to_none=True)
+            # Replicas share no weights, so the gradient of the sum is each replica's own gradient.
+            d_loss.sum().backward()
+            self.d_opt.step()
             if v.clip is not None:
-                clip_weights_(self._critic_params, v.clip)  # WGAN change 2
+                clip_weights_(D.parameters(), v.clip)  # WGAN change 2
             self._d_sum += d_loss.detach()
-        sl = slice(k * b, (k + 1) * b)
-        y_g = None if y is None else y[sl]
-        D.requires_grad_(False)  # gradients flow through D to G, but D's own weight grads are not needed
+            self._penalty_sum += out[:, 1].detach()
+
+        def generator_loss(gp, gb, dp, db, z, y):
+            return obj.g_loss(D.bind(dp, db)(G.bind(gp, gb)(z, y), y).float())
+
+        # Gradients flow through D to G, but D's own weight gradients are not needed: D's weights are detached.
+        d_frozen = {name: p.detach() for name, p in D.params.items()}
         with self._autocast():
-            g_loss = obj.g_loss(D(G(z[sl], y_g), y_g).float())
-        p.g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        p.g_opt.step()
-        D.requires_grad_(True)
+            g_loss = map_replicas(
+                generator_loss, self.batched, G.params, G.buffers, d_frozen, D.buffers,
+                z[:, k * b :], _part(y, k * b, (k + 1) * b),
+            )
+        self.g_opt.zero_grad(set_to_none=True)
+        g_loss.sum().backward()
+        self.g_opt.step()
         self._g_sum += g_loss.detach()
 
     def advance(self, n: int) -> None:
-        self.parts.generator.train()
-        self.parts.critic.train()
+        self.generator.train()
+        self.critic.train()
         for _ in range(n):
             self._iteration()
         self.step += n
         self._n += n
 
     # ------------------------------------------------------------------ readings
-    def read_losses(self) -> dict[str, float]:
-        """Mean losses since the last reading; raises NonFiniteTraining on NaN/Inf (one host sync)."""
+    def read_losses(self) -> dict[int, dict[str, float]]:
+        """Each live replica's mean losses since the last reading, keyed by replica index (one host sync).
+
+        A replica whose loss or weights are NaN/Inf is recorded in `diverged` and dropped; raises
+        NonFiniteTraining when no replica is left.
+        """
         n = max(self._n, 1)
-        k = self.parts.variant.n_critic
-        params = [*self.parts.generator.parameters(), *self._critic_params]
-        finite_params = torch.stack([q.detach().isfinite().all() for q in params]).all()
-        d_loss, g_loss, penalty, params_ok = torch.stack(
-            [self._d_sum / (n * k), self._g_sum / n, self._penalty_sum / (n * k), finite_params.float()]
+        k = self.variant.n_critic
+        finite = torch.stack(
+            [p.detach().isfinite().flatten(1).all(1) for p in [*self.generator.parameters(), *self.critic.parameters()]]
+        ).all(0)
+        d_mean, g_mean, penalty_mean, params_ok = torch.stack(
+            [self._d_sum / (n * k), self._g_sum / n, self._penalty_sum / (n * k), finite.float()]
         ).tolist()
+        lam = self.variant.gradient_penalty
         self._zero_sums()
-        for name, value in (("the critic/discriminator loss", d_loss), ("the generator loss", g_loss)):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise NonFiniteTraining(self.step, name)
-        if not params_ok:
-            raise NonFiniteTraining(self.step, "a network parameter")
-        losses = {"d_loss": d_loss, "g_loss": g_loss}
-        lam = self.parts.variant.gradient_penalty
-        if lam is not None:
-            losses["gradient_penalty"] = penalty
-        if self.parts.objective.reports_wasserstein:
-            # the critic's estimate of the Wasserstein distance: its loss without the penalty, negated
-            losses["w_estimate"] = -(d_loss - (0.0 if lam is None else lam * penalty))
+        losses: dict[int, dict[str, float]] = {}
+        keep: list[int] = []
+        for row, r in enumerate(self.live):
+            d_loss, g_loss = d_mean[row], g_mean[row]
+            what = None
+            if not _finite(d_loss):
+                what = "the critic/discriminator loss"
+            elif not _finite(g_loss):
+                what = "the generator loss"
+            elif not params_ok[row]:
+                what = "a network parameter"
+            if what is not None:
+                self.diverged[r] = Divergence(self.step, what)
+                continue
+            keep.append(row)
+            losses[r] = {"d_loss": d_loss, "g_loss": g_loss}
+            if lam is not None:
+                losses[r]["gradient_penalty"] = penalty_mean[row]
+            if self.objective.reports_wasserstein:
+                # the critic's estimate of the Wasserstein distance: its loss without the penalty, negated
+                losses[r]["w_estimate"] = -(d_loss - (0.0 if lam is None else lam * penalty_mean[row]))
+        if not keep:
+            first = self.diverged[self.live[0]]
+            self.live = []
+            raise NonFiniteTraining(first.step, first.what)
+        if len(keep) < len(self.live):
+            self._keep_rows(keep)
         return losses
+
+    def _keep_rows(self, rows: list[int]) -> None:
+        """Drop the other rows from networks, optimiser state and sums; the rest continue unchanged."""
+        g_state, d_state = self.g_opt.state_dict(), self.d_opt.state_dict()
+        self.generator.select(rows)
+        self.critic.select(rows)
+        self.live = [self.live[row] for row in rows]
+        self._make_optimizers()
+        index = torch.tensor(rows)
+        self.g_opt.load_state_dict(_select_state(g_state, index))
+        self.d_opt.load_state_dict(_select_state(d_state, index))
+        self._zero_sums()
+
+    # ------------------------------------------------------------------ results
+    def generators(self) -> list[torch.nn.Module | None]:
+        """One standalone generator per replica index (None for a diverged replica)."""
+        rows = {r: row for row, r in enumerate(self.live)}
+        return [self.generator.module(rows[r]) if r in rows else None for r in range(len(self.seeds))]
+
+    def replica_generator(self, r: int) -> torch.nn.Module:
+        return self.generator.module(self.live.index(r))
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        p = self.parts
         return {
             "step": self.step,
-            "generator": p.generator.state_dict(),
-            "critic": p.critic.state_dict(),
-            "g_opt": p.g_opt.state_dict(),
-            "d_opt": p.d_opt.state_dict(),
-            "rng": self.rng.get_state(),
+            "seeds": self.seeds,
+            "live": self.live,
+            "diverged": {r: (d.step, d.what) for r, d in self.diverged.items()},
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "g_opt": self.g_opt.state_dict(),
+            "d_opt": self.d_opt.state_dict(),
+            "rngs": {r: self.rngs[r].get_state() for r in self.live},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        p = self.parts
-        p.generator.load_state_dict(state["generator"])
-        p.critic.load_state_dict(state["critic"])
-        p.g_opt.load_state_dict(state["g_opt"])
-        p.d_opt.load_state_dict(state["d_opt"])
-        self.rng.set_state(state["rng"])
+        if list(state["seeds"]) != self.seeds:
+            raise ValueError("the checkpoint belongs to other replica seeds")
+        self._keep_rows([self.live.index(r) for r in state["live"]])
+        self.diverged = {int(r): Divergence(step, what) for r, (step, what) in state["diverged"].items()}
+        self.generator.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.d_opt.load_state_dict(state["d_opt"])
+        for r, rng_state in state["rngs"].items():
+            self.rngs[int(r)].set_state(rng_state)
         self.step = state["step"]
         self._zero_sums()
+
+
+def _part(y: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:
+    return None if y is None else y[:, lo:hi]
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+def _select_state(opt_state: dict, index: torch.Tensor) -> dict:
+    """An optimiser state_dict with the per-replica tensors (leading axis R) cut to `index` rows."""
+    state = {
+        pid: {
+            key: value.index_select(0, index.to(value.device)) if torch.is_tensor(value) and value.dim() > 0 else value
+            for key, value in entry.items()
+        }
+        for pid, entry in opt_state["state"].items()
+    }
+    return {"state": state, "param_groups": opt_state["param_groups"]}
 
 
 @dataclass
@@ -181,7 +312,7 @@ Hook = Callable[[int], None]
 class Hooks:
     """What the caller does at each reading; the trainer itself never touches files or MLflow."""
 
-    on_log: Callable[[int, dict[str, float]], None] = lambda step, losses: None
+    on_log: Callable[[int, dict[int, dict[str, float]]], None] = lambda step, losses: None
     on_eval: Hook = lambda step: None
     on_sample: Hook = lambda step: None
     on_checkpoint: Hook = lambda step: None
@@ -194,7 +325,7 @@ def fit(trainer: Trainer, schedule: Schedule, hooks: Hooks) -> None:
         window = min(s.log_every - trainer.step % s.log_every, s.iterations - trainer.step)
         trainer.advance(window)
         step, last = trainer.step, trainer.step == s.iterations
-        hooks.on_log(step, trainer.read_losses())  # raises NonFiniteTraining before any checkpoint
+        hooks.on_log(step, trainer.read_losses())  # drops diverged replicas before any checkpoint
         if step % s.eval_every == 0 or last:
             hooks.on_eval(step)
         if step % s.sample_every == 0 or last:

@@ -1,11 +1,13 @@
-"""One tracked training run: trainer + checkpoints + in-training collapse checks + MLflow.
+"""One tracked training of R replicas: trainer + checkpoints + in-training collapse checks + MLflow.
 
 The stage module passes in validated params and loaded inputs; this module wires the trainer's hooks
-to checkpoints, MLflow and the progress bar, and returns what the stage writes as outputs.
+to checkpoints, MLflow (one parent run, one nested child run per replica) and the progress bar, and
+returns what the stage writes as outputs.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,35 +16,57 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipeline.gan import checkpoints, sampling
 from pipeline.common import devices, tracking
-from pipeline.instrument import evaluation
 from pipeline.common.errors import TrainingDiverged
-from pipeline.instrument.evaluator import MnistCNN
-from pipeline.data.mnist import MNIST
 from pipeline.common.params import Params
-from pipeline.instrument.reference import Reference
+from pipeline.data.mnist import MNIST
+from pipeline.gan import checkpoints, sampling, threads
+from pipeline.gan.replicas import replica_seeds
 from pipeline.gan.trainer import Hooks, NonFiniteTraining, Schedule, Trainer, fit
-from pipeline.gan.variants import build
+from pipeline.instrument import evaluation
+from pipeline.instrument.evaluator import MnistCNN
+from pipeline.instrument.reference import Reference
 
 GRID_SEED_OFFSET = 1_000_003  # the fixed-noise grid uses its own stream, apart from training draws
 
 
 @dataclass
 class RunResult:
-    generator: torch.nn.Module
-    run_id: str
-    losses: list[dict[str, float]] = field(default_factory=list)
-    collapse_curve: list[dict[str, Any]] = field(default_factory=list)
-    final_losses: dict[str, float] = field(default_factory=dict)
+    trainer: Trainer
+    run_id: str  # the parent run
+    replica_run_ids: list[str]
+    seeds: list[int]
+    losses: list[dict[str, float]] = field(default_factory=list)  # long format: step, replica, losses
+    collapse_curve: list[dict[str, Any]] = field(default_factory=list)  # step, replica, quick metrics
+    final_losses: dict[int, dict[str, float]] = field(default_factory=dict)  # per finished replica
+    diverged: dict[int, str] = field(default_factory=dict)  # replica -> reason
     seconds: float = 0.0
     resumed_from: int = 0
     device: str = "cpu"
+    threads: int = 1
+
+    def generators(self) -> list[torch.nn.Module | None]:
+        return self.trainer.generators()
 
 
 def _quick_eval_labels(n: int, seed: int, ref: Reference) -> np.ndarray:
     # Conditional samples ask for digits in MNIST's proportions, so the class histogram is comparable.
     return np.random.default_rng(seed).choice(10, size=n, p=ref.class_hist)
+
+
+def median_over_replicas(readings: dict[int, dict[str, float]]) -> dict[str, float]:
+    """The progress bar's one number per reading: the median over the live replicas (with 1 replica, its own)."""
+    keys = next(iter(readings.values())).keys()
+    return {k: float(np.median([reading[k] for reading in readings.values()])) for k in keys}
+
+
+def divergence_reason(params: Params, r: int, seed: int, what: str, step: int) -> str:
+    v = params.variant
+    return (
+        f"replica {r} of model {params.model} diverged: {what} became NaN/Inf by generator iteration {step} "
+        f"(objective {v.objective}, optimizer {v.optimizer}, lr {v.lr}, batch_size {v.batch_size}, "
+        f"n_critic {v.n_critic}, clip {v.clip}, seed {params.seed}, replica seed {seed})"
+    )
 
 
 def train_tracked(
@@ -52,30 +76,33 @@ def train_tracked(
     classifier: MnistCNN,
     ref: Reference,
     progress: Callable[..., None] = lambda done, total, **latest: None,
+    trainer_hook: Callable[[Trainer, int], None] = lambda trainer, step: None,
 ) -> RunResult:
+    """Train every replica; `trainer_hook(trainer, step)` runs after each loss reading (tests use it)."""
     import mlflow
 
     v, t = params.variant, params.train
     device = devices.resolve(t.device)
+    n_threads = threads.resolve(t.threads, device.type)
+    torch.set_num_threads(n_threads)
     fp = checkpoints.fingerprint(params, device)
     ckpt_path = checkpoints.path_for(root, params, fp)
     saved = checkpoints.load(ckpt_path, fp)
     experiment_id = tracking.connect(root)  # fails fast on a bad MLFLOW_TRACKING_URI
 
+    seeds = replica_seeds(params.seed, params.replicas)
     images = devices.images_to_device(data.x_train, device)
     labels = torch.from_numpy(data.y_train.astype(np.int64)).to(device)
-    parts = build(v, device, params.seed)
-    if t.compile:
-        parts.generator.compile()
-        parts.critic.compile()
-    trainer = Trainer(parts, images, labels, params.seed)
-    result = RunResult(generator=parts.generator, run_id="", device=str(device))
+    # One replica runs as plain (unbatched) calls: vmap only pays off when there is something to batch.
+    trainer = Trainer(v, images, labels, seeds, batched=params.replicas > 1)
+    result = RunResult(trainer, "", [], seeds, device=str(device), threads=n_threads)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
         result.losses, result.collapse_curve = saved["losses"], saved["collapse_curve"]
+        result.diverged = {int(r): reason for r, reason in saved["diverged"].items()}
         result.resumed_from = trainer.step
 
-    run_name, tags = tracking.run_identity(params.model, params.seed)
+    run_name, tags = tracking.training_identity(params.model, params.seed, params.replicas)
     run = tracking.retry_locked(
         lambda: mlflow.start_run(
             run_id=saved["run_id"] if saved else None,
@@ -86,43 +113,79 @@ def train_tracked(
         )
     )
     result.run_id = run.info.run_id
-    metrics = tracking.MetricBuffer(result.run_id)
-    if not saved:
-        tracking.log_params_flat({**tracking.run_params(params), "train/resolved_device": str(device)})
-    else:  # a resumed experiment may carry a new DVC experiment name: the run follows it
+    # Grouped params (variant/…, train/…, eval/…) on the parent and on each child, so the compare page
+    # diffs children of different trainings as well as parents.
+    flat = {**tracking.run_params(params), "train/resolved_device": str(device)}
+    if saved:
+        result.replica_run_ids = saved["replica_run_ids"]
+        tracking.reopen_runs([result.replica_run_ids[r] for r in trainer.live])
+        # A resumed experiment may carry a new DVC experiment name: parent and children follow it.
         tracking.retry_locked(lambda: mlflow.set_tags(tracking.identity_tags(params.model, params.seed)))
+        for r, run_id in enumerate(result.replica_run_ids):
+            tracking.set_tags_on(run_id, tracking.identity_tags(params.model, params.seed, replica=r))
+    else:
+        tracking.log_params_flat(flat)
+        result.replica_run_ids = tracking.start_replica_runs(
+            experiment_id, result.run_id, run_name, tags, seeds, flat
+        )
+    buffers = {r: tracking.MetricBuffer(run_id) for r, run_id in enumerate(result.replica_run_ids)}
+
+    def flush() -> None:
+        for buffer in buffers.values():
+            buffer.flush()
 
     eval_n = t.eval_samples
     eval_labels = _quick_eval_labels(eval_n, params.seed, ref) if v.conditional else None
     grid_seed = params.seed + GRID_SEED_OFFSET
 
-    def on_log(step: int, losses: dict[str, float]) -> None:
-        result.losses.append({"step": step, **losses})
-        metrics.add(step, tracking.metric_names(tracking.TRAIN, losses))
-        progress(step, v.iterations, **losses)
+    def on_log(step: int, losses: dict[int, dict[str, float]]) -> None:
+        for r, replica_losses in losses.items():
+            result.losses.append({"step": step, "replica": r, **replica_losses})
+            buffers[r].add(step, tracking.metric_names(tracking.TRAIN, replica_losses))
+        for r, divergence in trainer.diverged.items():
+            if r not in result.diverged:  # newly diverged: close its child run now, the others go on
+                reason = divergence_reason(params, r, seeds[r], divergence.what, divergence.step)
+                result.diverged[r] = reason
+                buffers[r].flush()
+                tracking.end_run_failed(result.replica_run_ids[r], reason)
+                print(f"warning: {reason}; the other replicas continue", file=sys.stderr)
+        trainer_hook(trainer, step)
+        live = {r: replica_losses for r, replica_losses in losses.items() if r not in trainer.diverged}
+        progress(step, v.iterations, **(median_over_replicas(live) if live else {}))
 
     def on_eval(step: int) -> None:
-        imgs = sampling.sample(parts.generator, eval_n, seed=params.seed + step, labels=eval_labels)
-        quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
-        result.collapse_curve.append({"step": step, **quick})
-        metrics.add(step, tracking.metric_names(tracking.TRAIN, quick))
-        progress(step, v.iterations, coverage=quick["class_coverage"], fld=quick["fld"])
+        quick_by_replica = {}
+        for r in trainer.live:
+            generator = trainer.replica_generator(r)
+            imgs = sampling.sample(generator, eval_n, seed=params.seed + step, labels=eval_labels)
+            quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
+            result.collapse_curve.append({"step": step, "replica": r, **quick})
+            buffers[r].add(step, tracking.metric_names(tracking.TRAIN, quick))
+            quick_by_replica[r] = quick
+        if quick_by_replica:
+            median = median_over_replicas(quick_by_replica)
+            progress(step, v.iterations, coverage=median["class_coverage"], fld=median["fld"])
 
     def on_sample(step: int) -> None:
-        metrics.flush()
-        grid = sampling.sample_grid(parts.generator, grid_seed)
-        tracking.retry_locked(lambda: mlflow.log_image(grid, key="samples", step=step))
+        flush()
+        client = mlflow.MlflowClient()
+        for r in trainer.live:
+            grid = sampling.sample_grid(trainer.replica_generator(r), grid_seed)
+            run_id = result.replica_run_ids[r]
+            tracking.retry_locked(lambda: client.log_image(run_id, grid, key="samples", step=step))
 
     def on_checkpoint(step: int) -> None:
-        metrics.flush()
+        flush()
         checkpoints.save(
             ckpt_path,
             {
                 "fingerprint": fp,
                 "run_id": result.run_id,
+                "replica_run_ids": result.replica_run_ids,
                 "trainer": trainer.state_dict(),
                 "losses": result.losses,
                 "collapse_curve": result.collapse_curve,
+                "diverged": result.diverged,
             },
         )
 
@@ -132,39 +195,66 @@ def train_tracked(
     start = time.perf_counter()
     try:
         fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
-    except NonFiniteTraining as exc:
-        metrics.flush()
-        reason = (
-            f"model {params.model} diverged: {exc.what} became NaN/Inf by generator iteration {exc.step} "
-            f"(objective {v.objective}, optimizer {v.optimizer}, lr {v.lr}, batch_size {v.batch_size}, "
-            f"n_critic {v.n_critic}, clip {v.clip}, seed {params.seed})"
-        )
-        mlflow.set_tag("failure_reason", reason)
+    except NonFiniteTraining:
+        flush()
+        for r, divergence in trainer.diverged.items():
+            if r not in result.diverged:
+                result.diverged[r] = divergence_reason(params, r, seeds[r], divergence.what, divergence.step)
+                tracking.end_run_failed(result.replica_run_ids[r], result.diverged[r])
+        summary = f"all {params.replicas} replicas of model {params.model} diverged, the last by generator iteration {trainer.step}"
+        tracking.end_run_failed(result.run_id, f"{summary}: " + "; ".join(result.diverged.values()))
         mlflow.end_run(status="FAILED")
         last_good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was reached"
+        first = result.diverged[min(result.diverged)]
         raise TrainingDiverged(
-            f"{reason}; {last_good}. Lower variants.{params.model}.lr, switch the objective to bce_logits "
-            "(numerically stable), or change the seed in params.yaml, then run `dvc repro` again."
+            f"{summary} ({first}; see MLflow for each replica); {last_good}. Lower variants.{params.model}.lr, "
+            "switch the objective to bce_logits (numerically stable), or change the seed in params.yaml, then "
+            "run `dvc repro` again."
         ) from None
     result.seconds = time.perf_counter() - start
-    metrics.flush()
-    result.final_losses = {k: val for k, val in result.losses[-1].items() if k != "step"}
+    flush()
+    last_step = max(row["step"] for row in result.losses)
+    result.final_losses = {
+        row["replica"]: {k: val for k, val in row.items() if k not in ("step", "replica")}
+        for row in result.losses
+        if row["step"] == last_step
+    }
     return result
 
 
 def finish_run(result: RunResult, iterations: int) -> None:
-    """Log the final generator as an MLflow model and close the run."""
+    """Log each finished replica's generator as an MLflow model in its child run; close every run."""
     import mlflow
 
     trained = iterations - result.resumed_from
+    models = len(result.seeds) - len(result.diverged)
+    speed = trained / result.seconds if result.seconds else 0.0
     mlflow.log_metrics(
         {
             tracking.metric_name(tracking.TRAIN, "seconds"): result.seconds,
-            tracking.metric_name(tracking.TRAIN, "generator_it_per_s"): trained / result.seconds if result.seconds else 0.0,
-            **tracking.metric_names(tracking.TRAIN, {f"final_{k}": v for k, v in result.final_losses.items()}),
+            # per replica: every live replica advances together
+            tracking.metric_name(tracking.TRAIN, "generator_it_per_s"): speed,
+            tracking.metric_name(tracking.TRAIN, "replica_it_per_s"): speed * models,
+            tracking.metric_name(tracking.TRAIN, "threads"): result.threads,
+            tracking.metric_name(tracking.TRAIN, "replicas_diverged"): len(result.diverged),
         }
     )
-    generator = result.generator.to("cpu").eval()
+    parent = mlflow.active_run()
+    for r, generator in enumerate(result.generators()):
+        if generator is None:
+            continue
+        with tracking.retry_locked(lambda: mlflow.start_run(run_id=result.replica_run_ids[r], nested=True)):
+            final = {f"final_{k}": val for k, val in result.final_losses[r].items()}
+            mlflow.log_metrics(tracking.metric_names(tracking.TRAIN, final))
+            _log_generator_model(generator)
+    assert mlflow.active_run().info.run_id == parent.info.run_id
+    mlflow.end_run()
+
+
+def _log_generator_model(generator: torch.nn.Module) -> None:
+    import mlflow
+
+    generator = generator.to("cpu").eval()
     # The logged model is G's network on one input: z, with the one-hot label appended for a CGAN.
     # A single tensor input lets MLflow store a traced (pt2) graph that loads without ganpipe.
     width = generator.z_dim + generator.n_classes
@@ -176,7 +266,6 @@ def finish_run(result: RunResult, iterations: int) -> None:
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         metadata={"input": "z" + (" followed by the one-hot digit" if generator.n_classes else ""), "z_dim": generator.z_dim},
     )
-    mlflow.end_run()
 
 
 def checkpoint_path(params: Params, root: Path) -> Path:

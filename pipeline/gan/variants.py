@@ -54,15 +54,19 @@ def build_critic(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.M
     return spectral_norm_every_layer(critic) if variant.spectral_norm else critic
 
 
-def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
-    """Networks initialised from `seed` (independently of the global RNG) and their optimisers."""
-    objective = OBJECTIVES[variant.objective]
+def build_networks(variant: VariantParams, device: torch.device, seed: int) -> tuple[nn.Module, nn.Module]:
+    """G and D initialised from `seed`, independently of the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator = build_generator(variant)
         critic = build_critic(variant)
-    generator.to(device)
-    critic.to(device)
+    return generator.to(device), critic.to(device)
+
+
+def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
+    """Networks initialised from `seed` and their optimisers (one replica, e.g. the benchmark's reference loop)."""
+    objective = OBJECTIVES[variant.objective]
+    generator, critic = build_networks(variant, device, seed)
     return GanParts(
         variant=variant,
         objective=objective,
@@ -71,29 +75,3 @@ def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
         g_opt=make_optimizer(generator.parameters(), variant, device),
         d_opt=make_optimizer(critic.parameters(), variant, device),
     )
-
-
-def save_generator(path, generator: nn.Module, variant: VariantParams) -> None:
-    """The trained generator with the preset that built it, so it can be rebuilt anywhere."""
-    from pipeline.common import atomic
-
-    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    atomic.save_torch(path, {"variant": variant.model_dump(mode="json"), "state_dict": state})
-
-
-def load_generator(path) -> tuple[nn.Module, VariantParams]:
-    from pathlib import Path
-
-    from pipeline.common.errors import GanpipeError
-
-    if not Path(path).is_file():
-        raise GanpipeError(
-            f"no trained generator at {path}. Train one with `dvc repro train` (run from the ganpipe "
-            "repository root), then run this command again."
-        )
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    variant = VariantParams.model_validate(saved["variant"])
-    generator = build_generator(variant)
-    generator.load_state_dict(saved["state_dict"])
-    generator.eval()
-    return generator, variant

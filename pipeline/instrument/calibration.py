@@ -1,8 +1,14 @@
-"""Calibrating the collapse verdict on real data.
+"""Calibrating the collapse verdict on real data the instrument never saw.
 
-Many random real subsets of the evaluation size are measured exactly like generated samples. Their
-spread says what "as good as real data" looks like at that size, and every verdict threshold is set
-beyond the worst real subset, so real data is never called collapsed.
+Many random subsets of the evaluation size are drawn from the baseline pool (MNIST's test set plus the
+training images held out from the evaluator and the reference, see reference.py) and measured exactly
+like generated samples. Their spread says what "as good as unseen real data" looks like at that size;
+every verdict threshold is set beyond the worst real subset, so real data is never called collapsed.
+
+Subsets of n from a pool of N overlap (on average by n/N), which shrinks their spread by the
+finite-population factor sqrt(1 - n/N); the reported std is corrected for it. n may be at most N/2, so
+two subsets share at most half their images; beyond that the pool cannot honestly say how real data
+varies at n, and calibration refuses.
 """
 
 from __future__ import annotations
@@ -12,35 +18,45 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.common.errors import GanpipeError
-from pipeline.instrument.evaluation import measure, prdc_real_subset, prdc_reference
+from pipeline.common.params import EvaluateParams
+from pipeline.instrument.evaluation import measure, prdc_reference
 from pipeline.instrument.evaluator import Embedding
 from pipeline.instrument.metrics import duplicates
-from pipeline.common.params import EvaluateParams
 from pipeline.instrument.reference import Reference
 
 CALIBRATED = (
     "fld", "kid", "class_kl", "mnist_score", "mean_confidence", "precision", "recall", "density",
     "coverage", "ndb", "ndb_js", "duplicate_rate", "intra_class_diversity", "min_share_ratio",
+    "neighbour_spread",
 )
 
 
-def _summary(values: list[float]) -> dict[str, float]:
+def _summary(values: list[float], fpc: float) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max())}
+    return {"mean": float(a.mean()), "std": float(a.std() / fpc), "min": float(a.min()), "max": float(a.max())}
+
+
+def check_pool(ref: Reference, n: int) -> None:
+    """Refuse an n the baseline pool cannot calibrate honestly (before any expensive work)."""
+    if 2 * n > ref.n_pool:
+        raise GanpipeError(
+            f"the verdict cannot be calibrated for {n} samples: real baselines come from {ref.n_pool} real images "
+            f"neither the evaluator nor the reference used (MNIST's test set plus {int(ref.heldout.sum())} held-out "
+            f"training images), and honest subsets may hold at most half of them ({ref.n_pool // 2}). Evaluate at "
+            "most that many samples (evaluate.n_samples, or fewer images in the sample file), or raise "
+            "evaluator.holdout in params.yaml and run `dvc repro evaluator`."
+        )
 
 
 def real_subsets(ref: Reference, n: int, count: int, seed: int) -> list[np.ndarray]:
-    """Random real training subsets of size n, disjoint from the PRDC reference subset when possible."""
+    """Random subsets of size n, as indices into `ref.baseline_pool()`."""
+    check_pool(ref, n)
     rng = np.random.default_rng(seed + 1)
-    pool = np.setdiff1d(np.arange(ref.n_train), prdc_real_subset(ref, n, seed))
-    if len(pool) < n:
-        pool = np.arange(ref.n_train)
-    return [rng.choice(pool, min(n, len(pool)), replace=False) for _ in range(count)]
+    return [rng.choice(ref.n_pool, n, replace=False) for _ in range(count)]
 
 
 def calibrate(
     ref: Reference,
-    train_pixels: np.ndarray,
     settings: EvaluateParams,
     seed: int,
     on_subset: Callable[[int], None] | None = None,
@@ -48,27 +64,27 @@ def calibrate(
     """Real-data distribution of every metric at n = settings.n_samples, and the verdict thresholds."""
     n = settings.n_samples
     subsets = real_subsets(ref, n, settings.calibration_subsets, seed)
-    nearest = np.concatenate([duplicates.nearest_distances(ref.train_features[s]) for s in subsets])
+    pool_features, pool_probs = ref.baseline_pool()
+    nearest = np.concatenate([duplicates.nearest_distances(pool_features[s]) for s in subsets])
     duplicate_distance = float(np.quantile(nearest, settings.duplicate_quantile))
     per_metric: dict[str, list[float]] = {k: [] for k in CALIBRATED}
     prdc_real = prdc_reference(ref, settings, seed)
     for i, s in enumerate(subsets):
-        emb = Embedding(ref.train_features[s], ref.train_probs[s])
-        pixels = train_pixels[s].reshape(len(s), -1).astype(np.float32) / 255.0
         m = measure(
-            emb, pixels, None, ref, settings,
+            Embedding(pool_features[s], pool_probs[s]), None, ref, settings,
             duplicate_threshold=duplicate_distance,
             share_ratio_threshold=settings.verdict.min_share_ratio,
-            seed=seed,
-            with_memorisation=False,  # real subsets are training images: distance to train is 0
+            seed=seed + i,
+            # Held-out pool images are GAN training images (distance 0 to themselves): no memorisation baseline.
+            with_memorisation=False,
             prdc_real=prdc_real,
         )
-        m["min_share_ratio"] = min(m["class_share_ratios"])
         for k in CALIBRATED:
             per_metric[k].append(m[k])
         if on_subset:
             on_subset(i + 1)
-    real = {k: _summary(v) for k, v in per_metric.items()}
+    fpc = float(np.sqrt(1.0 - n / ref.n_pool))
+    real = {k: _summary(v, fpc) for k, v in per_metric.items()}
     v = settings.verdict
     if real["min_share_ratio"]["min"] <= v.min_share_ratio:
         raise GanpipeError(
@@ -78,13 +94,23 @@ def calibrate(
         )
     thresholds = {
         "share_ratio": v.min_share_ratio,
+        "missing_share_ratio": v.missing_share_ratio,
+        "imbalance_share_ratio": v.imbalance_share_ratio,
         "class_kl": real["class_kl"]["max"] + v.class_kl_margin,
         "intra_class_diversity": v.diversity_factor * real["intra_class_diversity"]["min"],
         "duplicate_rate": real["duplicate_rate"]["max"] + v.duplicate_rate_margin,
+        "neighbour_spread": v.spread_factor * real["neighbour_spread"]["min"],
     }
     return {
         "n_samples": n,
         "subsets": len(subsets),
+        "baseline": {
+            "pool": f"MNIST test set ({len(ref.test_features)}) + training images held out from the evaluator "
+                    f"and the reference ({int(ref.heldout.sum())})",
+            "pool_size": ref.n_pool,
+            "mean_overlap": round(n / ref.n_pool, 4),
+            "std_correction": f"std = spread across subsets / sqrt(1 - n/pool) = / {fpc:.3f} (finite-population)",
+        },
         "duplicate_quantile": settings.duplicate_quantile,
         "duplicate_distance": duplicate_distance,
         "real": real,

@@ -49,3 +49,30 @@ def mean_confidence(probs: np.ndarray) -> float:
 def label_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
     """Share of conditional samples that the evaluator reads as the digit they were asked to be."""
     return float((predicted == requested).mean())
+
+
+def bootstrap_counts(counts: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """Digit histograms (draws, 10) of sample sets resampled with replacement from these counts: the
+    multinomial bootstrap over samples, which needs no per-sample data."""
+    n = int(counts.sum())
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, counts / max(n, 1), size=draws) / max(n, 1)
+
+
+def interval(values: np.ndarray, confidence: float, estimate: float | None = None) -> list[float]:
+    """The percentile interval of bootstrap values. Given the estimate, the interval is first shifted by
+    the bootstrap's bias (mean of values - estimate) and kept >= 0: class KL's plug-in estimate is biased
+    upwards, and its bootstrap twice so, which would put the interval wholly above a near-zero value."""
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    if estimate is not None:
+        bias = float(np.mean(values)) - estimate
+        lo, hi = max(lo - bias, 0.0), max(hi - bias, 0.0)
+    return [round(float(lo), 6), round(float(hi), 6)]
+
+
+def class_kl_many(hists: np.ndarray, real_hist: np.ndarray) -> np.ndarray:
+    """class_kl of each row of (B, 10) histograms."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(hists > 0, hists * np.log(hists / real_hist), 0.0)
+    return terms.sum(1)

@@ -8,6 +8,12 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from pipeline.common.errors import GanpipeError
+
+# sqrtm of a product of two PSD matrices is real in exact arithmetic; rounding leaves a tiny imaginary part.
+# Above this share of the real part's size the result cannot be trusted (pytorch-fid uses 1e-3 likewise).
+IMAGINARY_TOLERANCE = 1e-3
+
 
 def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of a feature matrix (N, d), in float64."""
@@ -25,13 +31,23 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
         # A near-singular product (e.g. a collapsed sample set): regularise both covariances slightly.
         eps = 1e-6 * np.eye(len(cov1))
         covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
+    imaginary = float(np.abs(covmean.imag).max()) if np.iscomplexobj(covmean) else 0.0
+    if imaginary > IMAGINARY_TOLERANCE * max(float(np.abs(covmean.real).max()), 1.0):
+        raise GanpipeError(
+            f"the Fréchet distance's matrix square root came out complex (imaginary part {imaginary:.3g}), so FLD "
+            "would be meaningless. This happens when the sample features are degenerate (e.g. NaN-free but "
+            "near-constant images, or far too few samples for a 128-d covariance); evaluate more samples, or "
+            "check that the images are digits in [0, 1] or [0, 255]."
+        )
     covmean = covmean.real
     diff = mu1 - mu2
     return float(max(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean), 0.0))
 
 
 def fld(features: np.ndarray, real_mu: np.ndarray, real_cov: np.ndarray) -> float:
-    """Fréchet distance of the samples' feature Gaussian to the real data's. 0 = identical fits."""
+    """Fréchet distance of the samples' feature Gaussian to the real data's. 0 = identical fits only in
+    the limit: like FID it is biased upwards at finite n (the sample covariance's noise adds about
+    tr(C)/n-sized terms), so compare it with real images at the same n (the calibration's `fld`)."""
     mu, cov = gaussian(features)
     return frechet_distance(mu, cov, real_mu, real_cov)
 
@@ -50,21 +66,30 @@ def _poly_mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     )
 
 
+def feature_scale(real_features: np.ndarray) -> float:
+    """The root mean square feature value of the real data: dividing by it puts real features at unit
+    scale, where the kernel's a.b / d + 1 means what it does for Inception features (KID's setting)."""
+    f = real_features.astype(np.float64)
+    return float(np.sqrt((f * f).mean()))
+
+
 def kid(
     features: np.ndarray, real_features: np.ndarray, *, subsets: int, subset_size: int, seed: int
-) -> float:
-    """Kernel Inception Distance: the unbiased MMD^2 with the cubic polynomial kernel, averaged over
-    random subsets. Unbiased, so real-vs-real is ~0 (it can be slightly negative)."""
+) -> tuple[float, float]:
+    """Kernel Inception Distance (Binkowski et al. 2018, sec. 3): the unbiased MMD^2 with the cubic
+    polynomial kernel on features divided by the real data's RMS value, over random subsets.
+    Returns (mean, std over subsets). Unbiased, so real-vs-real is ~0 (it can be slightly negative)."""
     rng = np.random.default_rng(seed)
     size = min(subset_size, len(features), len(real_features))
     if size < 2:
-        return float("nan")
-    x_all = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    y_all = torch.from_numpy(np.ascontiguousarray(real_features, dtype=np.float32))
+        return float("nan"), float("nan")
+    scale = feature_scale(real_features)
+    x_all = torch.from_numpy(np.ascontiguousarray(features / scale, dtype=np.float32))
+    y_all = torch.from_numpy(np.ascontiguousarray(real_features / scale, dtype=np.float32))
     values = [
         _poly_mmd2_unbiased(
             x_all[rng.choice(len(x_all), size, replace=False)], y_all[rng.choice(len(y_all), size, replace=False)]
         )
         for _ in range(subsets)
     ]
-    return float(np.mean(values))
+    return float(np.mean(values)), float(np.std(values))

@@ -1,8 +1,11 @@
 """NDB, the number of statistically different bins (Richardson & Weiss, 2018).
 
-Real training images are clustered by k-means in pixel space; a sample set is binned by nearest
-centre and each bin's share is compared with the real share by a two-proportion z-test. A collapsed
-model over-fills a few bins and empties many, so NDB/K rises towards 1 (real data: about alpha).
+Reference images are clustered by k-means in the evaluator's feature space; a sample set is binned by
+nearest centre and each bin's share is compared with the real share by a two-proportion z-test. A
+collapsed model over-fills a few bins and empties many, so NDB/K rises towards 1 (real data: about
+alpha). The paper bins pixels; in pixel space every imperfect generator (stroke width, speckle) moves
+mass between bins, so NDB was near 1 for all of them. Feature bins group images by what the evaluator
+sees (digit and style), which is what mode coverage is about.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from sklearn.cluster import KMeans
 
 
 def fit_bins(pixels: np.ndarray, n_bins: int, seed: int) -> np.ndarray:
-    """k-means centres (K, 784) of real images given as float [0, 1] rows."""
+    """k-means centres (K, d) of real feature rows."""
     km = KMeans(n_clusters=n_bins, n_init=1, random_state=seed, max_iter=100)
     km.fit(pixels.astype(np.float32))
     return km.cluster_centers_.astype(np.float32)
 
 
 def assign(pixels: np.ndarray, centres: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Index of the nearest centre for each image row."""
+    """Index of the nearest centre for each row."""
     c_sq = (centres**2).sum(1)
     out = []
     for s in range(0, len(pixels), chunk):

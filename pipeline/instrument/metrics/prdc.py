@@ -22,10 +22,10 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int, real_radii: np.ndarray | No
     real_ball_hit = torch.zeros(len(real), dtype=torch.bool)  # per real point: its ball holds a sample
     real_reached = torch.zeros(len(real), dtype=torch.bool)  # per real point: inside some sample's ball
     for start, d in sq_distance_chunks(fake, real):
-        inside_real = d <= real_r2[None, :]
+        inside_real = d < real_r2[None, :]  # strict, as in Naeem et al.'s reference code
         balls_holding[start : start + len(d)] = inside_real.sum(1).float()
         real_ball_hit |= inside_real.any(0)
-        real_reached |= (d <= fake_r2[start : start + len(d), None]).any(0)
+        real_reached |= (d < fake_r2[start : start + len(d), None]).any(0)
     return {
         "precision": float((balls_holding > 0).float().mean()),
         "recall": float(real_reached.float().mean()),
