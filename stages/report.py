@@ -36,8 +36,9 @@ def main() -> None:
         calibration=json.loads(layout.CALIBRATION.read_text()),
         sample_grid_png=layout.SAMPLE_GRID.read_bytes(),
         class_histogram=tables.read_csv(layout.CLASS_HISTOGRAM),
-        losses=tables.read_csv(layout.LOSS_HISTORY),
-        collapse_curve=tables.read_csv(layout.COLLAPSE_CURVE),
+        # Replica 0's curves, the generator evaluate measured (the long files interleave replicas).
+        losses=tables.read_csv(layout.LOSS_HISTORY_PLOT),
+        collapse_curve=tables.read_csv(layout.COLLAPSE_CURVE_PLOT),
         neighbours=panel,
         run_id=run_id,
         evaluator_accuracy=float(ref.test_accuracy),

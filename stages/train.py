@@ -26,8 +26,8 @@ def main() -> None:
     diverged = [result.diverged.get(r) for r in range(params.replicas)]
     save_generators(layout.GENERATOR, result.generators(), params.variant, result.seeds, diverged)
     atomic.write_text(layout.RESOLVED_VARIANT, yaml.safe_dump(params.variant.model_dump(mode="json"), sort_keys=False))
-    tables.write_csv(layout.LOSS_HISTORY, result.losses)
-    tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
+    tables.write_long_and_replica0(layout.LOSS_HISTORY, layout.LOSS_HISTORY_PLOT, result.losses)
+    tables.write_long_and_replica0(layout.COLLAPSE_CURVE, layout.COLLAPSE_CURVE_PLOT, result.collapse_curve)
     atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id, "replica_run_ids": result.replica_run_ids})
     # Only results go in the metrics file, so the same params and seed give an identical file; the
     # wall time, threads and device are logged to MLflow instead.

@@ -113,6 +113,9 @@ def test_every_declared_plot_has_axis_titles_and_a_title_safe_for_dvc_javascript
         assert spec.get("x_label") and spec.get("y_label"), title
     losses = [spec for p in declared for t, spec in p.items() if "Losses" in t][0]
     assert "w_estimate" not in str(losses["y"])  # the W-estimate has its own plot (non-WGAN revisions lack it)
+    # Training curves come from replica 0's copies: the long files interleave replicas (a zigzag in DVC).
+    curves = [spec for p in declared for t, spec in p.items() if "replica 0" in t]
+    assert len(curves) == 4 and all(f.endswith("_r0.csv") for spec in curves for f in spec["y"])
     shares = [spec for p in declared for t, spec in p.items() if "Digit shares" in t][0]
     assert shares["template"].startswith("bar_horizontal")
 
@@ -147,3 +150,12 @@ def test_mlflow_info_lines_stay_out_of_the_progress_bar():
     with quiet_mlflow():
         assert not monitor.isEnabledFor(logging.INFO) and monitor.isEnabledFor(logging.WARNING)
     assert monitor.isEnabledFor(logging.INFO)  # restored afterwards
+
+
+def test_plot_tables_hold_one_replica_in_step_order():
+    from pipeline.common import tables
+
+    long = [{"step": s, "replica": r, "d_loss": 10 * r + s} for s in (20, 40) for r in (0, 1, 2)]
+    rows = tables.replica_rows(long, 0)
+    assert rows == [{"step": 20, "d_loss": 20}, {"step": 40, "d_loss": 40}]  # no zigzag across replicas
+    assert [row["d_loss"] for row in tables.replica_rows(long, 2)] == [40, 60]
