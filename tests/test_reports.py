@@ -373,31 +373,38 @@ def _evaluation(fld: float, coverage: int, kind: str) -> dict:
 
 def _log_pipeline_run(root: Path, model: str, seed: int, evaluation: dict | None, w_tracks_fld: bool = True,
                       status: str = "FINISHED") -> str:
-    """Log one run the way stages.train (train_tracked, finish_run) and stages.evaluate do."""
+    """Log one training the way stages.train (train_tracked, finish_run) and stages.evaluate do: a parent
+    run with the evaluation, and two replica child runs with the curves. Replica 1's W-estimate is noise,
+    so a comparison reading the wrong replica's history states another rho."""
     import mlflow
 
     from pipeline.gan import sampling
     from pipeline.common import tracking
     from pipeline.instrument.evaluation import metrics_for_dvc
-    from pipeline.common.params import flatten, parse_params
+    from pipeline.common.params import parse_params
 
     raw = tiny_params()
     raw.update(model=model, seed=seed)
     params = parse_params(raw)
     experiment_id = tracking.connect(root)
-    name, tags = tracking.run_identity(model, seed)
+    name, tags = tracking.training_identity(model, seed, 2)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
-    tracking.log_params_flat(flatten(params))
-    metrics = tracking.MetricBuffer(run.info.run_id)
-    for step in range(20, 220, 20):
-        losses = {"d_loss": -1.0 / step, "g_loss": 0.7}
-        if params.variant.objective == "wasserstein":
-            losses["w_estimate"] = (10.0 / step) if w_tracks_fld else float(np.sin(step))
-        metrics.add(step, tracking.metric_names(tracking.TRAIN, losses))
-        if step % 40 == 0:
-            metrics.add(step, tracking.metric_names(tracking.TRAIN, {
-                "class_coverage": min(10, step // 20), "class_kl": 1.0 / step, "fld": 1000.0 / step + seed}))
-    metrics.flush()
+    flat = tracking.run_params(params)
+    tracking.log_params_flat(flat)
+    children = tracking.start_replica_runs(experiment_id, run.info.run_id, name, tags, [seed, seed + 1], flat)
+    for r, child in enumerate(children):
+        metrics = tracking.MetricBuffer(child)
+        for step in range(20, 220, 20):
+            losses = {"d_loss": -1.0 / step, "g_loss": 0.7}
+            if params.variant.objective == "wasserstein":
+                tracks = w_tracks_fld and r == 0
+                losses["w_estimate"] = (10.0 / step) if tracks else float(np.sin(step + r))
+            metrics.add(step, tracking.metric_names(tracking.TRAIN, losses))
+            if step % 40 == 0:
+                metrics.add(step, tracking.metric_names(tracking.TRAIN, {
+                    "class_coverage": min(10, step // 20), "class_kl": 1.0 / step, "fld": 1000.0 / step + seed}))
+        metrics.flush()
+        mlflow.MlflowClient().set_terminated(child, status=status)
     mlflow.end_run(status=status)
     if evaluation is not None:
         grid = sampling.tile(np.random.default_rng(seed).random((100, 28, 28), dtype=np.float32), 10, 10)
@@ -546,8 +553,13 @@ def test_compare_reports_the_wgan_claim_from_mlflow_histories(runs, tmp_path):
     header = page.header("wgan-claim")
     for key in ("wgan s0", "wgan s1"):
         run_id = runs[key]
-        w = {m.step: m.value for m in client.get_metric_history(run_id, "train/w_estimate")}
-        fld = {m.step: m.value for m in client.get_metric_history(run_id, "train/fld")}
+        (replica0,) = client.search_runs(  # the curves live in the replica runs; rho is replica 0's
+            [client.get_run(run_id).info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and tags.replica = '0'",
+        )
+        curves = replica0.info.run_id
+        w = {m.step: m.value for m in client.get_metric_history(curves, "train/w_estimate")}
+        fld = {m.step: m.value for m in client.get_metric_history(curves, "train/fld")}
         steps = sorted(set(w) & set(fld))
         rho = spearmanr([w[s] for s in steps], [fld[s] for s in steps]).statistic
         row = claim[run_id[:8]]

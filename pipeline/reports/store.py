@@ -1,8 +1,9 @@
 """Reading finished pipeline runs back from the MLflow store, for `ganpipe compare`.
 
-Every run the pipeline logs carries the tags `model` and `seed`, the step metrics of training (train/d_loss,
-train/g_loss, train/w_estimate for WGAN; train/fld etc. from the in-training check), the final `eval/*` metrics, the
-`collapse` tag, and the artifacts evaluation/evaluation.json and evaluation/sample_grid.png.
+Every training the pipeline logs is a parent run carrying the tags `model` and `seed`, the final `eval/*`
+metrics, the `collapse` tag, and the artifacts evaluation/evaluation.json and evaluation/sample_grid.png; its
+replica child runs carry the step metrics of training (train/d_loss, train/g_loss, train/w_estimate for WGAN;
+train/fld etc. from the in-training check). The comparison shows parents, with replica 0's curves.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _search(experiment_ids: list[str]) -> pd.DataFrame:
     frame = mlflow.search_runs(experiment_ids=experiment_ids, order_by=["attributes.start_time DESC"])
     # An experiment without runs comes back as a frame without columns; give it the ones used below.
     for column in ("run_id", "status", "tags.model", "tags.seed", "tags.collapse", "tags.mlflow.runName",
-                   "tags.dvc_exp_name", "experiment_id"):
+                   "tags.dvc_exp_name", "experiment_id", "tags.mlflow.parentRunId"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -115,7 +116,9 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
                 "Or pass --experiment with one of the names it holds."
             )
         frame = _search([exp.experiment_id])
-        frame = frame[(frame["status"] == "FINISHED") & frame["tags.model"].notna()]
+        # A training's parent run holds its evaluation; its per-replica child runs are not compared.
+        trainings = frame["tags.mlflow.parentRunId"].isna()
+        frame = frame[(frame["status"] == "FINISHED") & frame["tags.model"].notna() & trainings]
     available = sorted(frame["tags.model"].dropna().unique())
     if models:
         frame = frame[frame["tags.model"].isin(models)]
@@ -131,6 +134,16 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
         frame = frame.drop_duplicates(["tags.model", "tags.seed"], keep="first")
     order = pd.to_numeric(frame["tags.seed"], errors="coerce")
     return frame.assign(_seed=order).sort_values(["tags.model", "_seed"]).drop(columns="_seed")
+
+
+def _curves_run(client, row: pd.Series) -> str:
+    """The run holding the training curves: a training's replica-0 child run (the replica evaluated),
+    else the run itself (a child given with --runs, or a run from before replicas)."""
+    children = client.search_runs(
+        [str(row["experiment_id"])],
+        filter_string=f"tags.`mlflow.parentRunId` = '{row['run_id']}' and tags.replica = '0'",
+    )
+    return children[0].info.run_id if children else row["run_id"]
 
 
 def _history(client, run_id: str) -> pd.DataFrame:
@@ -178,7 +191,7 @@ def fetch(row: pd.Series) -> RunData:
         collapse=row["tags.collapse"] if isinstance(row["tags.collapse"], str) else "not evaluated",
         evidence=evidence,
         grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png"),
-        history=_history(client, row["run_id"]),
+        history=_history(client, _curves_run(client, row)),
         dvc_exp=row["tags.dvc_exp_name"] if isinstance(row["tags.dvc_exp_name"], str) else "",
         url=tracking.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
     )
