@@ -129,6 +129,14 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
         with np.load(repo / f"{how}.npz") as f:
             drawn[how] = f["images"]
     assert np.array_equal(drawn["workspace"], drawn["exp"]) and np.array_equal(drawn["workspace"], drawn["run"])
+    # Replica 1: from the experiment's generator file and from its own child run (a parent id gives replica 0).
+    for how, extra in {"exp r1": ["--exp", cgan_exp, "--replica", "1"],
+                       "run r1": ["--run-id", children["cgan"][1].info.run_id]}.items():
+        subprocess.run(["ganpipe", "sample", "--n", "20", "--out", f"{how}.npz", *extra],
+                       cwd=repo, env=dvc_env(repo), check=True, capture_output=True)
+        with np.load(repo / f"{how}.npz") as f:
+            drawn[how] = f["images"]
+    assert np.array_equal(drawn["exp r1"], drawn["run r1"]) and not np.array_equal(drawn["exp r1"], drawn["exp"])
 
     # Queued experiments run in temporary copies; their runs and artifacts must land in this repo.
     # Two at once (-j 2): both write to the same sqlite store concurrently.
