@@ -11,6 +11,9 @@ import typer
 from pipeline.common.console import report_error, stderr
 from pipeline.common.errors import GanpipeError
 from pipeline.common.tracking import EXPERIMENT
+from pipeline.instrument.sample_count import MAX_SAMPLES
+
+MAX_GRID = 10_000  # a 100 x 100 grid of 28-pixel digits is already 2,800 pixels square
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode="markdown")
 
@@ -54,12 +57,20 @@ def evaluate(
     samples: Path = typer.Option(..., "--samples", help="An .npz with `images` (and optional `labels`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     params_file: Path = typer.Option(Path("params.yaml"), "--params", help="The params.yaml holding the evaluate settings."),
+    dataset: str = typer.Option(
+        "mnist", "--dataset", help="mnist, or stacked-mnist for (N, 3, 28, 28) samples (adds modes_captured, mode_kl)."
+    ),
+    max_samples: int = typer.Option(
+        MAX_SAMPLES, "--max-samples", min=1, help="Refuse files with more images than this (memory and time grow with it)."
+    ),
 ) -> None:
     """Run the mode-collapse instrument on a sample file; print one JSON object (and a verdict line on stderr)."""
     from pipeline.common import atomic, views
 
     try:
-        result = evaluate_file(samples, params_file)
+        if out:
+            atomic.check_writable(out)  # before the work, not after it
+        result = evaluate_file(samples, params_file, dataset, max_samples)
     except GanpipeError as exc:
         _fail(exc)
     text = json.dumps(result, indent=2)
@@ -69,8 +80,11 @@ def evaluate(
     stderr.print(views.verdict_line(result), highlight=False, soft_wrap=True, markup=False)
 
 
-def evaluate_file(samples: Path, params_file: Path) -> dict:
+def evaluate_file(samples: Path, params_file: Path, dataset: str = "mnist", max_samples: int = MAX_SAMPLES) -> dict:
+    import time
+
     from pipeline.instrument import evaluator, reference, samples_file
+    from pipeline.instrument.sample_count import minimum_samples
     from pipeline.common import layout
     from pipeline.instrument.calibration import calibrate, check_pool
     from pipeline.instrument.evaluation import evaluate_images
@@ -79,9 +93,24 @@ def evaluate_file(samples: Path, params_file: Path) -> dict:
     root = _root()
     params_path = params_file if params_file.is_absolute() or params_file.exists() else root / params_file
     params = load_params(params_path)
-    images, labels = samples_file.load(samples)  # validate before loading anything heavy
+    if dataset not in ("mnist", "stacked-mnist"):
+        raise GanpipeError(f"--dataset {dataset!r} is not known; use mnist or stacked-mnist.")
+    # validate before loading anything heavy
+    if dataset == "stacked-mnist":
+        images, labels = samples_file.load_stacked(samples, max_samples), None
+    else:
+        images, labels = samples_file.load(samples, max_samples)
     classifier = evaluator.load(root / layout.CLASSIFIER)
     ref = reference.load(root / layout.REFERENCE)
+    ratio = params.evaluate.verdict.min_share_ratio
+    fewest = minimum_samples(ref.class_hist, ratio, params.evaluate.nearest_k)
+    if len(images) < fewest:
+        raise GanpipeError(
+            f"{samples} holds {len(images)} samples; the instrument needs at least {fewest}. With fewer, even "
+            f"real MNIST digits often leave some digit under {ratio} x its MNIST share (the line below which "
+            "the verdict calls a digit missing), so collapse could not be told from chance. Draw at least "
+            f"{fewest} samples from your generator (e.g. `ganpipe sample --n {max(fewest, 1000)} --out samples.npz`)."
+        )
     cal_path = root / layout.CALIBRATION
     calibration = json.loads(cal_path.read_text()) if cal_path.is_file() else None
     if calibration is not None and "baseline" not in calibration:
@@ -92,12 +121,22 @@ def evaluate_file(samples: Path, params_file: Path) -> dict:
             update={"n_samples": len(images), "calibration_subsets": min(5, params.evaluate.calibration_subsets)}
         )
         check_pool(ref, len(images))  # refuse an n the real baseline cannot support before any work
+        start = time.perf_counter()
         with stderr.status(f"calibrating the verdict for {len(images)} samples on real data"):
             calibration = calibrate(ref, settings, params.evaluator.seed)
+        stderr.print(f"calibrated the verdict for {len(images)} samples in {time.perf_counter() - start:.0f} s")
     else:
         settings = params.evaluate
+    if dataset == "stacked-mnist":
+        from pipeline.instrument.stacked import evaluate_stacked
+
+        with stderr.status(f"measuring {len(images)} stacked samples"):
+            return evaluate_stacked(images, classifier, ref, calibration, settings, params.evaluator.seed)
+    start = time.perf_counter()
     with stderr.status(f"measuring {len(images)} samples"):
-        return evaluate_images(images, labels, classifier, ref, calibration, settings, params.evaluator.seed)
+        result = evaluate_images(images, labels, classifier, ref, calibration, settings, params.evaluator.seed)
+    stderr.print(f"measured {len(images)} samples in {time.perf_counter() - start:.0f} s")
+    return result
 
 
 @app.command(epilog="""**Examples**
@@ -115,6 +154,7 @@ def sample(
     generator_path: Optional[Path] = typer.Option(None, "--generator", help="Default: the pipeline's trained generator."),
     exp: Optional[str] = typer.Option(None, "--exp", help="Draw from this DVC experiment's generator (a name from `dvc exp ls`, or a git revision)."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Draw from this MLflow run's logged generator (a training's parent run: its --replica child)."),
+    max_samples: int = typer.Option(MAX_SAMPLES, "--max-samples", min=1, help="Refuse --n above this (memory grows with it)."),
     replica: int = typer.Option(0, "--replica", min=0, help="Which trained replica to draw from (0 to replicas - 1)."),
 ) -> None:
     """Draw images from a trained generator (replica 0 unless --replica) into a PNG grid or an .npz."""
@@ -128,9 +168,19 @@ def sample(
     from pipeline.gan.generator_file import load_generator
 
     try:
+        if n > max_samples:
+            raise GanpipeError(
+                f"--n {n:,} is above the cap of {max_samples:,} samples: {n:,} images need "
+                f"{n * 784 * 4 / 2**30:.1f} GiB of memory as floats (more for a PNG grid). Draw them in batches "
+                f"of at most {max_samples:,} with different --seed values, or raise the cap with --max-samples {n} "
+                "if this machine has the memory."
+            )
+        if out.suffix == ".png" and n > MAX_GRID:
+            raise GanpipeError(f"--n {n:,} is too many for a .png grid (at most {MAX_GRID:,}); write an .npz instead.")
         chosen = [o for o, v in (("--generator", generator_path), ("--exp", exp), ("--run-id", run_id)) if v]
         if len(chosen) > 1:
             raise GanpipeError(f"{' and '.join(chosen)} each choose a generator; pass only one of them.")
+        atomic.check_writable(out)
         if exp:
             generator, variant = sources.from_experiment(_root(), exp, replica)
         elif run_id:
@@ -185,10 +235,13 @@ def compare(
     from pipeline.common import layout
     from pipeline.reports.compare import compare as write_comparison
 
+    from pipeline.common import atomic
+
     root = _root()
     try:
+        out = out_dir or root / layout.REPORTS_DIR
+        atomic.check_writable(out / "comparison.html")
         with stderr.status("reading runs from the MLflow store"):
-            out = out_dir or root / layout.REPORTS_DIR
             written = write_comparison(root, out, experiment, _split(runs), _split(models))
     except GanpipeError as exc:
         _fail(exc)

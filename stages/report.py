@@ -15,10 +15,13 @@ from pipeline.reports.neighbours import nearest_training
 
 def main() -> None:
     params = load_params()
+    tracking.check_store(tracking.tracking_uri(layout.repo_root()))  # a bad store fails before the work
     run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
     with stderr.status("finding the samples' nearest training images"):
         with np.load(layout.SAMPLES) as f:
             samples, labels = f["images"], (f["labels"] if "labels" in f else None)
+        if samples.ndim == 4:  # Stacked MNIST (N, 3, 28, 28): each channel beside its nearest training digit
+            samples = samples.reshape(-1, 28, 28)
         ref = reference.load(layout.REFERENCE)
         panel = nearest_training(
             samples,
@@ -34,11 +37,14 @@ def main() -> None:
         variant=params.variant.model_dump(mode="json"),
         evaluation=json.loads(layout.EVALUATION.read_text()),
         calibration=json.loads(layout.CALIBRATION.read_text()),
-        sample_grid_png=layout.SAMPLE_GRID.read_bytes(),
+        replica_grids={
+            int(path.stem.removeprefix("replica_")): path.read_bytes()
+            for path in layout.REPLICA_GRIDS.glob("replica_*.png")
+        },
         class_histogram=tables.read_csv(layout.CLASS_HISTOGRAM),
-        # Replica 0's curves, the generator evaluate measured (the long files interleave replicas).
-        losses=tables.read_csv(layout.LOSS_HISTORY_PLOT),
-        collapse_curve=tables.read_csv(layout.COLLAPSE_CURVE_PLOT),
+        # Every replica's curves in long format: the report states the WGAN claim per replica.
+        losses=tables.read_csv(layout.LOSS_HISTORY),
+        collapse_curve=tables.read_csv(layout.COLLAPSE_CURVE),
         neighbours=panel,
         run_id=run_id,
         evaluator_accuracy=float(ref.test_accuracy),
@@ -55,7 +61,9 @@ def main() -> None:
         mlflow.log_artifact(str(layout.REPORTS_DIR / "report.md"), "report")
         # The markdown links figures/<name>.png, so they sit beside it in the run's artifacts too.
         mlflow.log_artifacts(str(layout.REPORTS_DIR / run_report.FIGURE_DIR), f"report/{run_report.FIGURE_DIR}")
-    print(f"wrote {layout.REPORTS_DIR}/report.html and report.md (collapse: {inputs.evaluation['collapse']['kind']})")
+    s = inputs.evaluation["summary"]
+    print(f"wrote {layout.REPORTS_DIR}/report.html and report.md (collapse in {s['collapsed']} of {s['evaluated']} "
+          f"evaluated replicas, {s['diverged']} diverged)")
 
 
 if __name__ == "__main__":

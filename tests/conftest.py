@@ -42,6 +42,7 @@ def tiny_params(iterations: int = 60) -> dict:
     p["evaluator"].update(epochs=1, train_subset=3000, holdout=2000, kmeans_fit_size=2000, ndb_bins=10)
     p["train"].update(log_every=20, checkpoint_every=20, sample_every=40, eval_every=20, eval_samples=300)
     p["evaluate"].update(n_samples=400, kid_subsets=4, kid_subset_size=200, calibration_subsets=3)
+    p["stacked_mnist"].update(size=5000, eval_samples=1000)
     for v in p["variants"].values():
         v["iterations"] = iterations
     return p

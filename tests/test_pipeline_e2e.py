@@ -9,7 +9,11 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
+
+from pipeline.instrument.rates import wilson_interval
 
 from tests.conftest import dvc, dvc_env, git, new_repo, runs, tiny_params, wait_for_queue
 
@@ -38,7 +42,7 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert "Running stage" not in again and "up to date" in again
 
     dvc(repo, "exp", "run", "-S", "model=wgan")
-    dvc(repo, "exp", "run", "-S", "model=cgan")
+    dvc(repo, "exp", "run", "-S", "model=cgan", "-S", "replicas=3")  # the replica axis from the command line
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     experiments = [e for rev in shown for e in (rev.get("experiments") or [])]
     models = set()
@@ -58,17 +62,20 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert set(by_model) == {"vanilla", "wgan", "cgan"}
     for name, run in by_model.items():
         assert run.info.status == "FINISHED"
-        assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"] and run.data.tags["replicas"] == "2"
-        assert "eval/fld" in run.data.metrics
+        replicas = 3 if name == "cgan" else 2
+        assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"] and run.data.tags["replicas"] == str(replicas)
+        assert "eval/fld" in run.data.metrics and "eval/collapse_rate" in run.data.metrics
+        assert run.data.tags["mlflow.note.content"].startswith("**")  # the description sums up the verdicts
         assert run.data.params["model"] == name
         # only the trained variant's settings, grouped: no other preset is logged
         assert not any(k.startswith("variants") for k in run.data.params), sorted(run.data.params)
         assert {"variant/objective", "variant/lr", "train/log_every", "eval/n_samples"} <= set(run.data.params)
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         assert {"evaluation", "report"} <= artifacts, artifacts
-        assert [c.data.tags["replica"] for c in children[name]] == ["0", "1"]
+        assert [c.data.tags["replica"] for c in children[name]] == [str(r) for r in range(replicas)]
         for child in children[name]:  # each replica: its grouped params, losses and sample grids (step 0 first)
             assert child.info.status == "FINISHED" and "train/d_loss" in child.data.metrics
+            assert "eval/fld" in child.data.metrics and "mlflow.note.content" in child.data.tags
             assert child.data.params["model"] == name and child.data.params["replica_seed"] == child.data.tags["replica_seed"]
             assert {"variant/objective", "train/log_every", "eval/n_samples"} <= set(child.data.params)
             assert "images" in {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id)}
@@ -84,6 +91,25 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     for child in children["cgan"]:  # one generator model per replica
         assert any(m.source_run_id == child.info.run_id and m.name == "generator" for m in logged_models)
 
+    # The cgan experiment (in the workspace now): a collapse rate over its three replicas with its Wilson
+    # interval, medians, one CSV row per replica, and the MLflow parent/children holding the same numbers.
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    k, n = metrics["collapsed"], metrics["evaluated"]
+    assert metrics["replicas"] == 3 and n + metrics["diverged"] == 3
+    assert metrics["collapse_rate"] == pytest.approx(k / n)
+    assert metrics["collapse_rate_ci"] == pytest.approx(wilson_interval(k, n), abs=1e-6)
+    assert metrics["fld"] > 0 and metrics["fld_iqr"] >= 0 and metrics["n_samples"] == 400
+    table = pd.read_csv(repo / "outputs/evaluate/replicas.csv")
+    assert table["replica"].tolist() == [0, 1, 2] and table["seed"].nunique() == 3
+    assert table["fld"].median() == pytest.approx(metrics["fld"], rel=1e-4)
+    for child, row in zip(children["cgan"], table.itertuples()):
+        child = mlflow.get_run(child.info.run_id)  # re-read: evaluation added to it after training
+        assert child.data.tags["collapse"] == row.collapse
+        assert child.data.metrics["eval/fld"] == pytest.approx(row.fld, rel=1e-4)
+    cgan_parent = mlflow.get_run(by_model["cgan"].info.run_id).data
+    assert cgan_parent.metrics["eval/collapse_rate"] == pytest.approx(metrics["collapse_rate"])
+    assert cgan_parent.metrics["eval/collapse_rate_ci_hi"] == pytest.approx(metrics["collapse_rate_ci"][1])
+
     # DVC's own views.
     assert "fld" in dvc(repo, "metrics", "show").stdout
     diff = dvc(repo, "params", "diff", "HEAD").stdout  # the workspace holds the cgan experiment
@@ -93,18 +119,29 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     assert kinds <= {"none", "inter-class", "intra-class", "both"}
     dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
-    assert "sample_grid.png" in html and "Losses" in html
+    assert "replica_2.png" in html and "Losses" in html and "FLD per replica" in html
     # Every declared plot renders for every experiment: DVC's JSON parses, each vega spec holds data of
-    # all three revisions (the W-estimate only of the WGAN one), titles carry no quote characters.
+    # all three revisions (the W-estimate only of the WGAN one, Stacked MNIST's modes of none), titles carry
+    # no quote characters.
     names = [e["name"] for e in experiments]
     shown = json.loads(dvc(repo, "plots", "diff", "HEAD", *names, "--json").stdout)
     specs = {title: item["content"] for title, items in shown["data"].items() for item in items if item["type"] == "vega"}
-    assert len(specs) == 5, sorted(specs)
+    assert len(specs) == 11, sorted(specs)
     for title, spec in specs.items():
         assert "'" not in json.dumps(spec["title"]), title
+        if "Stacked MNIST" in title:
+            continue
         revs = {row["rev"] for row in spec["data"]["values"]}
         assert len(revs) == (1 if "W-estimate" in title else 3), (title, revs)
-    assert {e["name"] for e in shown.get("errors", [])} <= {t for t in specs if "W-estimate" in t}
+    allowed = {t for t in specs if "W-estimate" in t or "Stacked MNIST" in t}
+    assert {e["name"] for e in shown.get("errors", [])} <= allowed
+
+    # `ganpipe compare` reads the trainings back: the cgan row is one training of three replicas.
+    compared = subprocess.run(["ganpipe", "compare", "--out-dir", str(tmp_path / "comparison")], cwd=repo,
+                              env=dvc_env(repo), capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    lo, hi = metrics["collapse_rate_ci"]
+    assert f"cgan {k}/{n} [{lo:.2f}, {hi:.2f}]" in (tmp_path / "comparison" / "comparison.md").read_text()
 
     # The instrument on the pipeline's own samples (a CGAN: samples carry requested labels).
     out = subprocess.run(
@@ -149,5 +186,51 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     for run in seed1:
         assert run.info.status == "FINISHED"
         local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation/evaluation.json"))
-        assert json.loads(local.read_text())["n_samples"] == 400
+        assert json.loads(local.read_text())["summary"]["n_samples"] == 400  # the median over replicas
         assert str(repo / "mlartifacts") in run.info.artifact_uri.replace("file://", "")
+
+
+OUTPUTS = (
+    "outputs/params_check.txt", "data/prepared/mnist.npz", "outputs/evaluator/classifier.pt",
+    "outputs/calibration/calibration.json", "outputs/train/generator.pt", "outputs/train/losses.csv",
+    "outputs/train/collapse_curve.csv", "outputs/train/mlflow_run.json", "outputs/evaluate/evaluation.json",
+    "outputs/evaluate/sample_grid.png", "metrics/train.json", "metrics/evaluate.json", "reports/report.html",
+)
+
+
+def test_run_cache_reuses_stages_restores_trained_params_and_a_refused_param_deletes_nothing(tmp_path, shared_cache):
+    params = tiny_params()
+    params["seed"] = 21  # seeds 21 and 22 are trained by no other test sharing the DVC cache
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
+    dvc(repo, "repro")
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "baseline results", cwd=repo)
+
+    # A --temp experiment runs in a fresh copy: unchanged stages come from the cache, not from a re-run.
+    temp = dvc(repo, "exp", "run", "--temp", "-S", "seed=22").stdout
+    for stage in ("evaluator", "calibrate"):
+        assert f"Running stage '{stage}'" not in temp, temp
+    assert "Running stage 'train'" in temp
+
+    # Back in the workspace, a param set trained before is restored from the run cache, not retrained.
+    for seed in ("22", "21"):
+        out = dvc(repo, "exp", "run", "-S", f"seed={seed}").stdout
+        assert "Running stage 'train'" not in out and "Stage 'train' is cached" in out, out
+        assert yaml.safe_load((repo / "params.yaml").read_text())["seed"] == int(seed)
+    assert len(runs(repo)) == 2  # seed 21 and seed 22, each trained once
+
+    # A refused param stops DVC before any stage deletes its outputs.
+    before = {p: (repo / p).read_bytes() for p in OUTPUTS}
+    refused = dvc(repo, "exp", "run", "-S", "seed=-1", check=False)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr
+    assert "seed" in said and "Traceback" not in said
+    assert "Running stage 'train'" not in said and "Running stage 'download'" not in said
+    for path, content in before.items():
+        if path != "outputs/params_check.txt":  # the check's own output: cached, so dvc checkout restores it
+            assert (repo / path).read_bytes() == content, path
+    git("checkout", "params.yaml", cwd=repo)
+    dvc(repo, "checkout")
+    for path, content in before.items():
+        assert (repo / path).read_bytes() == content, path
+    assert "up to date" in dvc(repo, "status").stdout

@@ -18,6 +18,7 @@ import mlflow
 import psutil
 import pytest
 import torch
+import yaml
 
 from tests.conftest import dvc, dvc_env, new_repo, runs, tiny_params
 
@@ -140,8 +141,16 @@ def test_divergence_stops_training_keeps_the_last_good_checkpoint_and_fails_the_
         assert f"replica {child.data.tags['replica']} of model wgan diverged" in child.data.tags["failure_reason"]
 
 
+def unique_seed(seed: int) -> dict:
+    """Tiny params with a seed no other test trains: the shared DVC cache's run cache would otherwise
+    restore another test's training, which logs nothing to this repository's MLflow store."""
+    params = tiny_params()
+    params["seed"] = seed
+    return params
+
+
 def test_same_params_and_seed_give_identical_metrics_files(tmp_path, shared_cache):
-    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    repo = new_repo(tmp_path / "repo", unique_seed(11), shared_cache)
     dvc(repo, "repro")
     first = {name: (repo / "metrics" / name).read_text() for name in ("train.json", "evaluate.json")}
     dvc(repo, "repro", "--force", "--single-item", "train")
@@ -159,6 +168,7 @@ def test_same_params_and_seed_give_identical_metrics_files(tmp_path, shared_cach
         ("notascheme://somewhere", "not a tracking URI"),
         ("http://", "no host"),
         ("sqlite:////no/such/folder/mlflow.db", "does not exist"),
+        ("file:///tmp/mlruns", "folder store"),
     ],
 )
 def test_a_bad_tracking_uri_fails_before_training_starts(tmp_path, shared_cache, uri, says):
@@ -199,7 +209,7 @@ def mlflow_server(tmp_path):
 
 
 def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, mlflow_server):
-    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    repo = new_repo(tmp_path / "repo", unique_seed(12), shared_cache)
     dvc(repo, "repro", env=dvc_env(repo, MLFLOW_TRACKING_URI=mlflow_server))
     assert not (repo / "mlflow.db").exists()  # nothing went to the local store
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
@@ -210,3 +220,54 @@ def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, m
     assert "eval/fld" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluation", "report"} <= artifacts
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"training ended before {what}:\n{proc.communicate()[1]}"
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.2)
+
+
+def _training_run(repo: Path, replicas: int):
+    """The parent run once it and every replica's child run exist (training is about to fit)."""
+    try:
+        found = [r for r in runs(repo) if r.data.params]
+    except Exception:  # the store is being created
+        return None
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    return parents[0] if parents and len(found) >= 1 + replicas else None
+
+
+def test_interrupted_training_ends_its_run_killed_and_promises_a_resume_only_with_a_checkpoint(tmp_path, shared_cache):
+    params = tiny_params(iterations=20000)
+    params["train"].update(checkpoint_every=20000, log_every=100, eval_every=20000, sample_every=20000)
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
+    dvc(repo, "repro", "calibrate")  # the train stage's inputs, from the shared run cache
+
+    # Ctrl-C before the first checkpoint: nothing to resume, and the message says so.
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=dvc_env(repo),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _training_run(repo, params["replicas"]) is not None, "the MLflow runs", proc)
+    time.sleep(1)  # into the training loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted before its first checkpoint" in err and "nothing to resume" in err
+    assert {r.info.status for r in runs(repo)} == {"KILLED"}  # the parent and every replica's run
+
+    # SIGTERM (`kill`, `dvc queue kill`) after a checkpoint: KILLED too, and the resume point is named.
+    params["train"]["checkpoint_every"] = 100
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checkpoints = repo / ".ganpipe" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=dvc_env(repo),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(checkpoints.glob("*.pt")), "a checkpoint", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    step = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)["trainer"]["step"]
+    assert f"checkpoint at generator iteration {step}" in err and "resume" in err
+    assert {r.info.status for r in runs(repo)} == {"KILLED"}  # no run poses as a finished model
+    assert not (repo / "outputs/train/generator.pt").exists()

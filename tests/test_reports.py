@@ -118,15 +118,19 @@ def parse_page(path: Path) -> Page:
     return page
 
 
-def md_table_rows(md: str, first_header: str) -> list[list[str]]:
-    """Body rows of the markdown table whose header row starts with `first_header`."""
+def md_table_rows(md: str, *first_headers: str) -> list[list[str]]:
+    """Body rows of the markdown table whose header row starts with the cells `first_headers`."""
     lines = md.splitlines()
-    start = next(i for i, l in enumerate(lines) if re.match(rf"\|\s*{re.escape(first_header)}\s*\|", l))
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    start = next(i for i, l in enumerate(lines) if l.startswith("|") and cells(l)[: len(first_headers)] == list(first_headers))
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
+        rows.append(cells(line))
     return rows
 
 
@@ -144,26 +148,34 @@ def store(tmp_path_factory):
 # ------------------------------------------------------------------------- per-run report (stage)
 
 
-def _training_curves(steps: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Losses every 20 iterations and the collapse check every 40, as the train stage writes them; the
-    W-estimate falls as FLD falls, except for one blip, so Spearman's rho is high but not 1."""
-    w = 1.5 * np.exp(-steps / 120) + 0.05
-    w[3] += 0.4
-    losses = pd.DataFrame({"step": steps, "d_loss": -w, "g_loss": 0.2 + 0.1 * np.sin(steps), "w_estimate": w})
-    check = steps[1::2]
-    curve = pd.DataFrame({
-        "step": check,
-        "class_coverage": np.minimum(10, 4 + check // 40),
-        "class_kl": 1.5 * np.exp(-check / 100),
-        "fld": 40 * np.exp(-check / 90) + 3,
-    })
-    return losses, curve
+def _training_curves(steps: np.ndarray, replicas: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Losses every 20 iterations and the collapse check every 40, per replica in long format, as the
+    train stage writes them; the W-estimate falls as FLD falls, except for one blip, so Spearman's rho is
+    high but not 1. Replica r's curves are shifted by r, so the replicas differ."""
+    losses, curves = [], []
+    for r in range(replicas):
+        w = 1.5 * np.exp(-steps / 120) + 0.05 + 0.1 * r
+        w[3] += 0.4
+        losses.append(pd.DataFrame({"step": steps, "replica": r, "d_loss": -w,
+                                    "g_loss": 0.2 + 0.1 * np.sin(steps), "w_estimate": w}))
+        check = steps[1::2]
+        curves.append(pd.DataFrame({
+            "step": check,
+            "replica": r,
+            "class_coverage": np.minimum(10, 4 + check // 40) - (check >= 320) * r,  # replica 1 loses a digit
+            "class_kl": 1.5 * np.exp(-check / 100),
+            "fld": 40 * np.exp(-check / 90) + 3 + r,
+        }))
+    return pd.concat(losses, ignore_index=True), pd.concat(curves, ignore_index=True)
+
+
+REPLICAS = 3  # replica 2 diverged in training: two are evaluated
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, mnist, store):
-    """A pipeline workspace after train (generator, curves, MLflow run) and the real evaluate stage,
-    then the real report stage, run in-process."""
+    """A pipeline workspace after train (three replicas' generators, one diverged; curves; an MLflow
+    parent run with a child per replica) and the real evaluate stage, then the real report stage."""
     import mlflow
     import torch
 
@@ -173,13 +185,14 @@ def workspace(tmp_path_factory, mnist, store):
     from pipeline.data.mnist import MNIST
     from pipeline.common.params import flatten, parse_params
     from pipeline.gan.generator_file import save_generators
+    from pipeline.gan.replicas import replica_seeds
     from pipeline.gan.variants import build
     from stages import evaluate as evaluate_stage
     from stages import report as report_stage
 
     ws = tmp_path_factory.mktemp("workspace")
     raw = tiny_params()
-    raw.update(model="wgan", seed=0)
+    raw.update(model="wgan", seed=0, replicas=REPLICAS)
     raw["evaluate"].update(n_samples=200, kid_subsets=2, kid_subset_size=100, calibration_subsets=3)
     raw["report"]["neighbour_panel"] = 5
     params = parse_params(raw)
@@ -203,25 +216,91 @@ def workspace(tmp_path_factory, mnist, store):
         reference.save(ref, layout.REFERENCE)
         atomic.write_json(layout.CALIBRATION, calibrate(ref, params.evaluate, 0))
 
-        # What the train stage leaves behind (an untrained generator is enough for the report).
-        save_generators(layout.GENERATOR, [build(params.variant, torch.device("cpu"), 0).generator], params.variant, [0], [None])
-        # Two replicas in the long format; replica 1's W-estimate runs against its FLD, so a report that
-        # mixed the replicas would state another rho than replica 0's.
-        losses, curve = _training_curves(np.arange(20, 420, 20))
-        other = losses.assign(w_estimate=losses["w_estimate"][::-1].to_numpy())
-        long_losses = pd.concat([losses.assign(replica=0), other.assign(replica=1)]).sort_values(["step", "replica"])
-        long_curve = pd.concat([curve.assign(replica=0), curve.assign(replica=1)]).sort_values(["step", "replica"])
-        tables.write_long_and_replica0(layout.LOSS_HISTORY, layout.LOSS_HISTORY_PLOT, long_losses.to_dict("records"))
-        tables.write_long_and_replica0(layout.COLLAPSE_CURVE, layout.COLLAPSE_CURVE_PLOT, long_curve.to_dict("records"))
+        # What the train stage leaves behind: untrained generators (enough for the report), each built from
+        # its replica seed, replica 2 marked diverged; curves in long format; a parent run and its children.
+        seeds = replica_seeds(params.seed, REPLICAS)
+        generators = [build(params.variant, torch.device("cpu"), s).generator for s in seeds]
+        diverged = [None, None, "g_loss became NaN/Inf by generator iteration 40"]
+        save_generators(layout.GENERATOR, [g if d is None else None for g, d in zip(generators, diverged)],
+                        params.variant, seeds, diverged)
+        losses, curve = _training_curves(np.arange(20, 420, 20), replicas=2)
+        tables.write_long_and_replica0(layout.LOSS_HISTORY, layout.LOSS_HISTORY_PLOT, losses.to_dict("records"))
+        tables.write_long_and_replica0(layout.COLLAPSE_CURVE, layout.COLLAPSE_CURVE_PLOT, curve.to_dict("records"))
         experiment_id = tracking.connect(ws)
         name, tags = tracking.run_identity(params.model, params.seed)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
+        children = []
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "replicas": "3"}) as run:
             tracking.log_params_flat(flatten(params))
-        atomic.write_json(layout.RUN_INFO, {"run_id": run.info.run_id})
+            for r, s in enumerate(seeds):
+                with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-r{r}", nested=True,
+                                      tags={**tags, "replica": str(r), "replica_seed": str(s)}) as child:
+                    children.append(child.info.run_id)
+                    if diverged[r]:
+                        mlflow.set_tag("failure_reason", diverged[r])
+                if diverged[r]:
+                    mlflow.MlflowClient().set_terminated(children[-1], "FAILED")
+        atomic.write_json(layout.RUN_INFO, {"run_id": run.info.run_id, "replica_run_ids": children})
 
         evaluate_stage.main()
         report_stage.main()
     return ws, run.info.run_id
+
+
+def test_evaluate_stage_summarises_replicas_as_a_rate_with_its_interval(workspace):
+    """evaluate.json: medians, IQRs, the collapse rate over the evaluated replicas and its Wilson interval;
+    the diverged replica is counted apart; replicas.csv has one row per replica."""
+    from pipeline.instrument.rates import wilson_interval
+
+    ws, _ = workspace
+    metrics = json.loads((ws / "metrics/evaluate.json").read_text())
+    document = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    replicas = document["replicas"]
+    assert [r["status"] for r in replicas] == ["evaluated", "evaluated", "diverged"]
+    assert (metrics["replicas"], metrics["evaluated"], metrics["diverged"]) == (3, 2, 1)
+    collapsed = sum(r["collapse"]["detected"] for r in replicas[:2])
+    assert metrics["collapsed"] == collapsed and metrics["collapse_rate"] == collapsed / 2
+    assert metrics["collapse_rate_ci"] == pytest.approx(wilson_interval(collapsed, 2), abs=1e-6)
+    for key in ("fld", "class_kl", "intra_class_diversity"):
+        values = [r[key] for r in replicas[:2]]
+        assert metrics[key] == pytest.approx(np.median(values), abs=1e-6)
+        assert metrics[f"{key}_iqr"] == pytest.approx(np.subtract(*np.percentile(values, [75, 25])), abs=1e-6)
+    assert replicas[0]["fld"] != replicas[1]["fld"]  # different replicas, different samples
+    assert replicas[0]["sample_seed"] != replicas[1]["sample_seed"]
+    table = pd.read_csv(ws / "outputs/evaluate/replicas.csv")
+    assert table["replica"].tolist() == [0, 1, 2]
+    assert table["status"].tolist() == ["evaluated", "evaluated", "diverged"]
+    assert table["collapse"].iloc[2] == "diverged" and np.isnan(table["fld"].iloc[2])
+    assert table["fld"].iloc[:2].tolist() == pytest.approx([r["fld"] for r in replicas[:2]], rel=1e-5)
+    # The in-training check of replica 1 lost a digit at iteration 320; replica 0 never did.
+    assert [r["first_collapse_iteration"] for r in replicas[:2]] == [None, 320]
+    assert sorted(p.name for p in (ws / "outputs/evaluate/grids").iterdir()) == ["replica_0.png", "replica_1.png"]
+
+
+def test_evaluation_reaches_each_replica_run_and_the_parent_in_mlflow(workspace):
+    import mlflow
+
+    ws, parent_id = workspace
+    client = mlflow.MlflowClient()
+    info = json.loads((ws / "outputs/train/mlflow_run.json").read_text())
+    document = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    for r, child_id in enumerate(info["replica_run_ids"]):
+        child = client.get_run(child_id)
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        if r < 2:
+            assert child.info.status == "FINISHED"
+            assert child.data.metrics["eval/fld"] == pytest.approx(document["replicas"][r]["fld"], rel=1e-5)
+            assert child.data.tags["collapse"] == document["replicas"][r]["collapse"]["kind"]
+            logged = {a.path for a in client.list_artifacts(child_id, "evaluation")}
+            assert logged == {"evaluation/evaluation.json", "evaluation/sample_grid.png"}
+        else:  # the diverged replica stays FAILED and is marked, never evaluated
+            assert child.info.status == "FAILED" and child.data.tags["collapse"] == "diverged"
+            assert "eval/fld" not in child.data.metrics
+    parent = client.get_run(parent_id).data
+    summary = document["summary"]
+    assert parent.metrics["eval/collapse_rate"] == summary["collapse_rate"]
+    assert [parent.metrics["eval/collapse_rate_ci_lo"], parent.metrics["eval/collapse_rate_ci_hi"]] == summary["collapse_rate_ci"]
+    assert parent.metrics["eval/fld"] == summary["fld"] and parent.metrics["eval/fld_iqr"] == summary["fld_iqr"]
+    assert "collapse" not in parent.tags  # a parent has a rate, not one verdict
 
 
 def test_report_html_parses_and_is_self_contained(workspace):
@@ -231,47 +310,67 @@ def test_report_html_parses_and_is_self_contained(workspace):
     for img in page.images:  # every embedded picture is a real PNG whose declared size matches
         png = base64.b64decode(img["src"].split(",", 1)[1], validate=True)
         assert (int(img["width"]), int(img["height"])) == png_size(png)
-    assert {"sample_grid", "class_histogram", "losses", "collapse_curves", "wgan_signal", "neighbours"} <= {
-        i.get("id") for i in page.images
-    }
+    assert {"sample_grid_r0", "sample_grid_r1", "replica_dots", "class_histogram", "losses", "collapse_curves",
+            "wgan_signal", "neighbours"} <= {i.get("id") for i in page.images}
 
 
-def test_report_embeds_the_sample_grid_at_its_real_size(workspace):
+def test_report_shows_every_replica_grid_and_the_rate_with_its_interval(workspace):
     ws, _ = workspace
-    grid = parse_page(ws / "reports" / "report.html").image("sample_grid")
-    assert png_size(grid) == (GRID_PX, GRID_PX)
-    assert grid == (ws / "outputs/evaluate/sample_grid.png").read_bytes()
+    page = parse_page(ws / "reports" / "report.html")
+    for r in (0, 1):
+        grid = page.image(f"sample_grid_r{r}")
+        assert png_size(grid) == (GRID_PX, GRID_PX)
+        assert grid == (ws / f"outputs/evaluate/grids/replica_{r}.png").read_bytes()
+    assert (ws / "outputs/evaluate/sample_grid.png").read_bytes() == page.image("sample_grid_r0")
+    metrics = json.loads((ws / "metrics/evaluate.json").read_text())
+    lo, hi = metrics["collapse_rate_ci"]
+    text = page.all_text
+    assert f"{metrics['collapsed']}/2 = {metrics['collapse_rate']:.2f}, 95% Wilson interval [{lo:.2f}, {hi:.2f}]" in text
+    assert "1 replica diverged and is counted apart" in text
+    assert "Replica 2 diverged: g_loss became NaN/Inf by generator iteration 40" in text
+    rows = page.body_rows("replicas")
+    header = page.header("replicas")
+    assert [r[header.index("verdict")] for r in rows][2] == "diverged"
+    assert [r[header.index("first collapse")] for r in rows] == ["—", "320", "—"]
 
 
 def test_report_shows_the_evaluate_stage_metrics_beside_real_data(workspace):
     ws, _ = workspace
-    evaluation = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    document = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    summary = document["summary"]
     real = json.loads((ws / "outputs/calibration/calibration.json").read_text())["real"]
     page = parse_page(ws / "reports" / "report.html")
-    metrics_table = next(rows for rows in page.tables.values() if rows[0][:2] == ["metric", "this run"])
-    shown = {row[0]: row for row in metrics_table[1:]}
+    assert page.header("metrics")[:3] == ["metric", "median", "IQR"]
+    shown = {row[0]: row for row in page.body_rows("metrics")}
     for key in ("fld", "kid", "class_coverage", "class_kl", "precision", "recall", "density", "coverage",
                 "ndb", "duplicate_rate", "intra_class_diversity", "memorisation_ratio"):
-        assert number(shown[key][1]) == pytest.approx(evaluation[key], rel=1e-3, abs=1e-9), key
-    assert number(shown["fld"][2].split("±")[0]) == pytest.approx(real["fld"]["mean"], rel=1e-3)
+        assert number(shown[key][1]) == pytest.approx(summary[key], rel=1e-3, abs=1e-9), key
+    assert number(shown["fld"][2]) == pytest.approx(summary["fld_iqr"], rel=1e-3, abs=1e-9)
+    assert number(shown["fld"][3].split("±")[0]) == pytest.approx(real["fld"]["mean"], rel=1e-3)
     assert "label_accuracy" not in shown  # an unconditional model has none
-    verdict = evaluation["collapse"]
     text = page.all_text
-    assert verdict["kind"] in text
-    for line in verdict["evidence"]:
-        assert " ".join(line.split()) in text
+    for replica in document["replicas"][:2]:
+        verdict = replica["collapse"]
+        assert f"Replica {replica['index']}: {verdict['kind']}" in text
+        for line in verdict["evidence"]:
+            assert " ".join(line.split()) in text
 
 
-def test_report_states_the_wgan_claim_as_spearman_rho(workspace):
+def test_report_states_the_wgan_claim_per_replica_as_spearman_rho(workspace):
     ws, _ = workspace
-    losses = pd.read_csv(ws / "outputs/train/losses.csv").query("replica == 0")  # the replica evaluated
-    curve = pd.read_csv(ws / "outputs/train/collapse_curve.csv").query("replica == 0")
-    both = losses.merge(curve, on="step")
-    rho = spearmanr(both["w_estimate"], both["fld"]).statistic
-    assert 0.5 < rho < 1  # the fixture's blip keeps it below 1
-    for text in (parse_page(ws / "reports" / "report.html").all_text, (ws / "reports/report.md").read_text()):
-        assert f"Spearman ρ = {rho:+.2f}" in text
-        assert f"over {len(both)} training checks" in text
+    losses = pd.read_csv(ws / "outputs/train/losses.csv")
+    curve = pd.read_csv(ws / "outputs/train/collapse_curve.csv")
+    page = parse_page(ws / "reports" / "report.html")
+    header, rows = page.header("wgan-claim"), page.body_rows("wgan-claim")
+    for r in (0, 1):
+        both = losses[losses["replica"] == r].merge(curve[curve["replica"] == r], on=["step", "replica"])
+        rho = spearmanr(both["w_estimate"], both["fld"]).statistic
+        assert 0.5 < rho < 1  # the fixture's blip keeps it below 1
+        row = rows[r]
+        assert number(row[header.index("ρ")]) == pytest.approx(rho, abs=1e-3)
+        assert row[header.index("checks")] == str(len(both))
+    md = (ws / "reports/report.md").read_text()
+    assert "WGAN claim: supported in" in md and "of 2 replicas" in md
 
 
 def test_report_markdown_links_figures_that_exist_and_all_is_logged_to_mlflow(workspace):
@@ -280,38 +379,56 @@ def test_report_markdown_links_figures_that_exist_and_all_is_logged_to_mlflow(wo
     ws, run_id = workspace
     md = (ws / "reports" / "report.md").read_text()
     links = re.findall(r"\]\((figures/[^)]+\.png)\)", md)
-    assert "figures/sample_grid.png" in links and len(links) >= 6
+    assert {"figures/sample_grid_r0.png", "figures/sample_grid_r1.png", "figures/replica_dots.png"} <= set(links)
     for link in links:
         assert (ws / "reports" / link).read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in (ws / "reports/figures").iterdir()) == sorted(Path(l).name for l in links)
     client = mlflow.MlflowClient()
     logged = {a.path for a in client.list_artifacts(run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/figures"} <= logged
-    assert "report/figures/sample_grid.png" in {a.path for a in client.list_artifacts(run_id, "report/figures")}
+    assert "report/figures/sample_grid_r0.png" in {a.path for a in client.list_artifacts(run_id, "report/figures")}
 
 
-def test_verdict_reaches_the_report_the_run_description_and_dvc_metrics(workspace):
-    """Quality beside diversity in the report; the verdict and its evidence in the MLflow run's
-    description; the kind as text and code in metrics/evaluate.json; grouped eval/ metric names."""
+def test_verdict_reaches_the_report_the_run_descriptions_and_dvc_metrics(workspace):
+    """Quality beside diversity in the report; the collapse rate in the parent run's description and each
+    replica's verdict and evidence in its child run's; the kind as text and code in metrics/evaluate.json
+    (the median replica's kind); grouped eval/ metric names on parent and children."""
     import mlflow
 
     from pipeline.common import views
     from pipeline.reports.glossary import fmt
 
     ws, run_id = workspace
-    e = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    document = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    summary = document["summary"]
+    evaluated = [r for r in document["replicas"] if r["status"] == "evaluated"]
     page = parse_page(ws / "reports" / "report.html")
-    assert f"mean confidence {fmt(e['mean_confidence'])}" in page.all_text
-    assert ("Samples are mostly not digits" in page.all_text) == (e["mean_confidence"] < 0.5)
-    run = mlflow.MlflowClient().get_run(run_id)
-    description = run.data.tags["mlflow.note.content"]
-    assert description.startswith("**Mode collapse: " if e["collapse"]["detected"] else "**No mode collapse")
-    assert all(f"- {line}" in description for line in e["collapse"]["evidence"])
-    assert run.data.metrics["eval/fld"] == pytest.approx(e["fld"], rel=1e-5)
-    assert not any(k.startswith("eval_") for k in run.data.metrics)
+    assert f"mean confidence {fmt(summary['mean_confidence'])}" in page.all_text
+    assert ("Samples are mostly not digits" in page.all_text) == (summary["mean_confidence"] < 0.5)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(run_id)
+    description = parent.data.tags["mlflow.note.content"]
+    head = (f"**Mode collapse in {summary['collapsed']} of {summary['evaluated']} replicas**" if summary["collapsed"]
+            else f"**No mode collapse detected in {summary['evaluated']} replicas**")
+    assert description.startswith(head)
+    assert "- replica 2: diverged" in description
+    assert parent.data.metrics["eval/fld"] == pytest.approx(summary["fld"], rel=1e-5)
+    assert parent.data.metrics["eval/collapse_rate"] == pytest.approx(summary["collapse_rate"], rel=1e-5)
+    assert not any(k.startswith("eval_") for k in parent.data.metrics)
+    child_ids = json.loads((ws / "outputs/train/mlflow_run.json").read_text())["replica_run_ids"]
+    for replica in evaluated:
+        child = client.get_run(child_ids[replica["index"]])
+        text = child.data.tags["mlflow.note.content"]
+        verdict = replica["collapse"]
+        assert text.startswith("**Mode collapse: " if verdict["detected"] else "**No mode collapse")
+        assert all(f"- {line}" in text for line in verdict["evidence"])
+        assert child.data.metrics["eval/fld"] == pytest.approx(replica["fld"], rel=1e-5)
+        assert not any(k.startswith("eval_") for k in child.data.metrics)
     dvc_metrics = json.loads((ws / "metrics/evaluate.json").read_text())
-    assert dvc_metrics["collapse_kind"] == e["collapse"]["kind"]
-    assert dvc_metrics["collapse_code"] == views.KIND_CODES[e["collapse"]["kind"]]
+    codes = sorted(views.KIND_CODES[r["collapse"]["kind"]] for r in evaluated)
+    median_code = codes[(len(codes) - 1) // 2]
+    assert dvc_metrics["collapse_code"] == median_code
+    assert views.KIND_CODES[dvc_metrics["collapse_kind"]] == median_code
 
 
 def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(workspace):
@@ -322,7 +439,7 @@ def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(wo
     from pipeline.reports.neighbours import nearest_training
 
     ws, _ = workspace
-    evaluation = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    document = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
     with np.load(ws / "data/prepared/mnist.npz") as f:
         train_images = f["x_train"]
     classifier = evaluator.load(ws / "outputs/evaluator/classifier.pt")
@@ -331,11 +448,12 @@ def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(wo
     assert panel.train_indices.tolist() == [100, 101, 102, 103]  # a training image is its own nearest neighbour
     assert np.allclose(panel.distances, 0, atol=1e-3) and panel.requested.tolist() == [0, 1, 2, 3]
 
+    document["summary"]["label_accuracy"] = 0.875
     inputs = run_report.RunInputs(
         model="cgan", seed=0, variant={"objective": "minimax", "conditional": True},
-        evaluation={**evaluation, "label_accuracy": 0.875},
+        evaluation=document,
         calibration=json.loads((ws / "outputs/calibration/calibration.json").read_text()),
-        sample_grid_png=(ws / "outputs/evaluate/sample_grid.png").read_bytes(),
+        replica_grids={0: (ws / "outputs/evaluate/grids/replica_0.png").read_bytes()},
         class_histogram=pd.read_csv(ws / "outputs/evaluate/class_histogram.csv"),
         losses=pd.read_csv(ws / "outputs/train/losses_r0.csv").drop(columns="w_estimate"),
         collapse_curve=pd.read_csv(ws / "outputs/train/collapse_curve_r0.csv"),
@@ -350,9 +468,10 @@ def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(wo
     assert "row r asks the generator for digit r" in page.all_text
     images = {i.get("id") for i in page.images}
     assert "neighbours" in images and "wgan_signal" not in images  # no W-estimate, no claim section
-    metrics = next(rows for rows in page.tables.values() if rows[0][:2] == ["metric", "this run"])
+    metrics = page.tables["metrics"]
     # Real images asked for their own digit are read right as often as the evaluator is accurate.
-    assert ["label_accuracy", "0.875", "0.97"] == metrics[[r[0] for r in metrics].index("label_accuracy")][:3]
+    row = metrics[[r[0] for r in metrics].index("label_accuracy")]
+    assert [row[0], row[1], row[3]] == ["label_accuracy", "0.875", "0.97"]
 
 
 # ------------------------------------------------------------------------------------- compare
@@ -373,43 +492,36 @@ def _evaluation(fld: float, coverage: int, kind: str) -> dict:
 
 def _log_pipeline_run(root: Path, model: str, seed: int, evaluation: dict | None, w_tracks_fld: bool = True,
                       status: str = "FINISHED") -> str:
-    """Log one training the way stages.train (train_tracked, finish_run) and stages.evaluate do: a parent
-    run with the evaluation, and two replica child runs with the curves. Replica 1's W-estimate is noise,
-    so a comparison reading the wrong replica's history states another rho."""
+    """Log one run the way stages.train (train_tracked, finish_run) and stages.evaluate do."""
     import mlflow
 
     from pipeline.gan import sampling
     from pipeline.common import tracking
     from pipeline.instrument.evaluation import metrics_for_dvc
-    from pipeline.common.params import parse_params
+    from pipeline.common.params import flatten, parse_params
 
     raw = tiny_params()
     raw.update(model=model, seed=seed)
     params = parse_params(raw)
     experiment_id = tracking.connect(root)
-    name, tags = tracking.training_identity(model, seed, 2)
+    name, tags = tracking.run_identity(model, seed)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
-    flat = tracking.run_params(params)
-    tracking.log_params_flat(flat)
-    children = tracking.start_replica_runs(experiment_id, run.info.run_id, name, tags, [seed, seed + 1], flat)
-    for r, child in enumerate(children):
-        metrics = tracking.MetricBuffer(child)
-        for step in range(20, 220, 20):
-            losses = {"d_loss": -1.0 / step, "g_loss": 0.7}
-            if params.variant.objective == "wasserstein":
-                tracks = w_tracks_fld and r == 0
-                losses["w_estimate"] = (10.0 / step) if tracks else float(np.sin(step + r))
-            metrics.add(step, tracking.metric_names(tracking.TRAIN, losses))
-            if step % 40 == 0:
-                metrics.add(step, tracking.metric_names(tracking.TRAIN, {
-                    "class_coverage": min(10, step // 20), "class_kl": 1.0 / step, "fld": 1000.0 / step + seed}))
-        metrics.flush()
-        mlflow.MlflowClient().set_terminated(child, status=status)
+    tracking.log_params_flat(flatten(params))
+    metrics = tracking.MetricBuffer(run.info.run_id)
+    for step in range(20, 220, 20):
+        losses = {"d_loss": -1.0 / step, "g_loss": 0.7}
+        if params.variant.objective == "wasserstein":
+            losses["w_estimate"] = (10.0 / step) if w_tracks_fld else float(np.sin(step))
+        metrics.add(step, losses)
+        if step % 40 == 0:
+            metrics.add(step, {"train_class_coverage": min(10, step // 20), "train_class_kl": 1.0 / step,
+                               "train_fld": 1000.0 / step + seed})
+    metrics.flush()
     mlflow.end_run(status=status)
     if evaluation is not None:
         grid = sampling.tile(np.random.default_rng(seed).random((100, 28, 28), dtype=np.float32), 10, 10)
         with tracking.reopen_run(root, run.info.run_id, model, seed):
-            mlflow.log_metrics(tracking.metric_names(tracking.EVAL, metrics_for_dvc(evaluation)))
+            mlflow.log_metrics({f"eval_{k}": v for k, v in metrics_for_dvc(evaluation).items()})
             mlflow.set_tags({"collapse": evaluation["collapse"]["kind"]})
             mlflow.log_dict(evaluation, "evaluation/evaluation.json")
             mlflow.log_image(grid, "evaluation/sample_grid.png")
@@ -431,6 +543,89 @@ def runs(store):
     return ids
 
 
+def _log_training(root: Path, model: str, seed: int, kinds: list[str | None]) -> tuple[str, list[str]]:
+    """Log one training with a replica per entry of `kinds` the way training does (a parent run, a nested
+    child per replica, a FAILED child for a diverged one: kind None), then evaluate it through the
+    evaluate stage's own MLflow code (replica_tracking.log_evaluation)."""
+    import mlflow
+
+    from pipeline.common import replica_tracking, tracking
+    from pipeline.gan import sampling
+    from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_document
+
+    experiment_id = tracking.connect(root)
+    name, tags = tracking.run_identity(model, seed)
+    children = []
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "replicas": str(len(kinds))}) as parent:
+        for r, kind in enumerate(kinds):
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-r{r}", nested=True,
+                                  tags={**tags, "replica": str(r), "replica_seed": str(1000 * seed + r)}) as child:
+                metrics = tracking.MetricBuffer(child.info.run_id)
+                for step in range(40, 240, 40):
+                    metrics.add(step, tracking.metric_names(tracking.TRAIN, {
+                        "d_loss": -1.0 / step, "g_loss": 0.7, "fld": 1000.0 / step + r, "class_coverage": 10}))
+                metrics.flush()
+                children.append(child.info.run_id)
+            if kind is None:
+                mlflow.MlflowClient().set_terminated(child.info.run_id, "FAILED")
+    outcomes, grids = [], {}
+    for r, kind in enumerate(kinds):
+        if kind is None:
+            outcomes.append(ReplicaOutcome(r, 1000 * seed + r, None, None, "d_loss became NaN/Inf"))
+            continue
+        fld = (150.0 if kind != "none" else 20.0) + r
+        outcomes.append(ReplicaOutcome(r, 1000 * seed + r, r, _evaluation(fld, 10 if kind == "none" else 3, kind)))
+        grids[r] = sampling.tile(np.random.default_rng(r).random((100, 28, 28), dtype=np.float32), 10, 10)
+    info = {"run_id": parent.info.run_id, "replica_run_ids": children}
+    replica_tracking.log_evaluation(root, info, model, seed, outcomes, grids, evaluation_document(outcomes))
+    return parent.info.run_id, children
+
+
+def test_compare_groups_replicas_under_their_training_and_claims_only_separated_intervals(tmp_path, monkeypatch):
+    """Trainings with replicas: one row per training, its replicas beneath, one grid per evaluated
+    replica, rates per variant, and "beats" only when the Wilson intervals do not overlap."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    vanilla, vanilla_children = _log_training(tmp_path, "vanilla", 0, ["both", "inter-class", "both", "inter-class"])
+    wgan, _ = _log_training(tmp_path, "wgan", 0, ["none", "none", "none", "none"])
+    cgan, cgan_children = _log_training(tmp_path, "cgan", 0, ["none", "both", None, "none"])
+    old = _log_pipeline_run(tmp_path, "vanilla-ns", 0, _evaluation(60.0, 10, "none"))  # from before replicas
+
+    out = tmp_path / "reports"
+    result = _compare("--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    page = parse_page(out / "comparison.html")
+    assert _run_table_ids(page) == [cgan[:8], vanilla[:8], old[:8], wgan[:8]]  # children are not trainings
+    header, rows = page.header("runs"), page.body_rows("runs")
+    by_run = {r[header.index("run")]: r for r in rows}
+    assert by_run[cgan[:8]][header.index("replicas")] == "4"
+    assert by_run[cgan[:8]][header.index("collapsed")] == "1/3 (1 diverged)"
+    assert by_run[cgan[:8]][header.index("95% interval")] == "[0.06, 0.79]"
+    assert number(by_run[vanilla[:8]][header.index("fld")]) == pytest.approx(np.median([150, 151, 152, 153]))
+    assert by_run[old[:8]][header.index("replicas")] == "1"
+
+    # Every replica beneath its training, the diverged one marked as such.
+    header, detail = page.header("replicas"), page.body_rows("replicas")
+    assert len(detail) == 4 + 4 + 4 + 1
+    cgan_rows = [r for r in detail if r[header.index("run")] == cgan[:8]]
+    assert [r[header.index("verdict")] for r in cgan_rows] == ["none", "both", "diverged", "none"]
+    assert [r[header.index("replica run")] for r in cgan_rows] == [c[:8] for c in cgan_children]
+    grids = [i["id"] for i in page.images if i.get("id", "").startswith("grid-")]
+    assert len(grids) == 4 + 4 + 3 + 1  # no grid for the diverged replica
+    assert any(g.startswith(f"grid-vanilla-s0-{vanilla[:8]}-r3") for g in grids)
+
+    text = page.all_text
+    assert ("wgan collapsed in 0/4 replicas [0.00, 0.49], vanilla in 4/4 [0.51, 1.00]: the intervals do not "
+            "overlap, so wgan collapses less often than vanilla.") in text
+    assert "wgan collapsed in 0/4 replicas" in text and "cgan collapsed in" not in text  # one pair separates
+    assert ("Difference not established (the intervals overlap; more replicas would narrow them): "
+            "vanilla-ns vs wgan, vanilla-ns vs cgan, vanilla-ns vs vanilla, wgan vs cgan, cgan vs vanilla.") in text
+    assert "cgan 1/3 [0.06, 0.79], 1 diverged" in text
+    rates = {row[0]: row for row in page.body_rows("rates")}
+    columns = page.header("rates")
+    assert [rates["cgan"][columns.index(c)] for c in ("replicas evaluated", "diverged", "collapsed")] == ["3", "1", "1/3"]
+    assert rates["vanilla-ns"][columns.index("collapsed")] == "0/1"
+
+
 def test_comparison_shows_runs_that_were_never_evaluated():
     """A run whose evaluate stage never ran (no eval_ metrics, grid or verdict) is listed, not a crash."""
     from pipeline.reports import compare
@@ -447,9 +642,12 @@ def test_comparison_shows_runs_that_were_never_evaluated():
     page = Page(to_html(doc))
     assert not page.errors
     header, rows = page.header("runs"), page.body_rows("runs")
-    assert [r[header.index("collapse")] for r in rows] == ["none", "not evaluated"]
+    assert [r[header.index("collapsed")] for r in rows] == ["0/1", "—"]
     assert rows[1][header.index("fld")] == "—"
-    assert "No sample grid logged for wgan s0, vanilla s0" in page.all_text
+    header = page.header("replicas")
+    assert [r[header.index("verdict")] for r in page.body_rows("replicas")] == ["none", "not evaluated"]
+    assert "No sample grid logged for r0 (none)" in page.all_text
+    assert "No sample grid logged for r0 (not evaluated)" in page.all_text
     assert "Not evaluated yet (no eval/* metrics): runs bbbbbbbb." in page.all_text
     assert "untestable" in page.all_text  # two training checks are too few for a rank correlation
     assert "vanilla s0 (run bbbbbbbb)" in to_markdown(doc, "figures")
@@ -472,7 +670,7 @@ def test_comparison_has_a_real_data_row_mean_confidence_and_where_each_run_lives
     header, rows = page.header("runs"), page.body_rows("runs")
     assert [r[header.index("model")] for r in rows] == ["wgan", "real MNIST"]
     assert [number(r[header.index("mean_confidence")]) for r in rows] == [0.36, 0.99]
-    assert rows[1][header.index("collapse")] == "none (real data)"
+    assert rows[1][header.index("collapsed")] == "none (real data)"
     assert rows[1][header.index("class_coverage")] == "10"  # by definition; calibration does not hold it
     assert "dvc exp apply wgan-tiny" in page.all_text
     assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/' + "c" * 32 + '">' in to_html(doc)
@@ -491,6 +689,7 @@ def _run_table_ids(page: Page) -> list[str]:
 
 
 def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, store, tmp_path):
+    """Runs logged before replicas existed (no child runs) each show as a training of one replica."""
     import mlflow
 
     out = tmp_path / "reports"
@@ -500,34 +699,42 @@ def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, store, tm
     expected = [runs[k][:8] for k in ("cgan s0", "vanilla s0", "vanilla s1", "wgan s0", "wgan s1")]
     assert _run_table_ids(page) == expected  # sorted by model, then seed; not the old or failed run
     md = (out / "comparison.md").read_text()
-    assert [row[2] for row in md_table_rows(md, "model")] == expected
+    assert [row[2] for row in md_table_rows(md, "model", "seed", "run")] == expected
 
-    # The table holds the logged eval/ metrics.
+    # The table holds the logged eval/ metrics (the median of one replica is its value).
     header, rows = page.header("runs"), page.body_rows("runs")
     assert [number(r[header.index("fld")]) for r in rows] == [8.5, 120.0, 140.0, 30.0, 35.0]
-    assert [r[header.index("collapse")] for r in rows] == ["none", "inter-class", "both", "none", "none"]
+    assert [r[header.index("replicas")] for r in rows] == ["1"] * 5
+    assert [r[header.index("collapsed")] for r in rows] == ["0/1", "1/1", "1/1", "0/1", "0/1"]
+    header = page.header("replicas")
+    assert [r[header.index("verdict")] for r in page.body_rows("replicas")] == ["none", "inter-class", "both", "none", "none"]
 
-    # Two seeds of vanilla and wgan: mean ± std per model (std over seeds, pandas' default ddof=1).
-    per_model = {row[0]: row for row in page.body_rows("per-model")}
-    columns = page.header("per-model")
-    vanilla = per_model["fld"][columns.index("vanilla (2 runs)")]
-    assert vanilla == f"130 ± {np.std([120.0, 140.0], ddof=1):.2g}"
+    # Per variant: the rate over its replicas with the Wilson interval.
+    rates = {row[0]: row for row in page.body_rows("rates")}
+    columns = page.header("rates")
+    assert [rates["vanilla"][columns.index(c)] for c in ("collapsed", "collapse rate", "95% interval")] == [
+        "2/2", "1.00", "[0.34, 1.00]"]
+    assert rates["wgan"][columns.index("95% interval")] == "[0.00, 0.66]"
+    assert rates["vanilla"][columns.index("median FLD")] == "130 (IQR 10)"
 
-    # One sample grid per run, each the PNG logged to that run.
+    # One sample grid per replica, each the PNG logged to that run.
     grids = [i for i in page.images if i.get("id", "").startswith("grid-")]
     assert len(grids) == 5
     logged = mlflow.artifacts.download_artifacts(run_id=runs["cgan s0"], artifact_path="evaluation/sample_grid.png",
                                                  dst_path=str(tmp_path / "dl"))
     cgan = next(i["id"] for i in grids if i["id"].startswith("grid-cgan-s0"))
     assert page.image(cgan) == Path(logged).read_bytes()
-    assert "training_curves" in {i.get("id") for i in page.images}
+    assert {"training_curves", "replica_dots"} <= {i.get("id") for i in page.images}
 
-    # The generated summary, from the numbers.
+    # The generated summary, from the numbers: two replicas per variant establish no difference.
     text = page.all_text
-    assert "All ten digits covered (in every run): cgan, wgan." in text
-    assert "Collapsed: vanilla (seeds 0, 1: both, inter-class)." in text
-    assert "Closest to real data by FLD: cgan (mean FLD 8.5)" in text
-    assert "1 of 2 WGAN runs support it" in text
+    assert "All ten digits covered (in every replica): cgan, wgan." in text
+    assert "Collapse rate per variant (collapsed replicas / evaluated replicas, 95% Wilson interval): cgan 0/1 " \
+           "[0.00, 0.79]; vanilla 2/2 [0.34, 1.00]; wgan 0/2 [0.00, 0.66]." in text
+    assert "Difference not established (the intervals overlap; more replicas would narrow them): cgan vs wgan, " \
+           "cgan vs vanilla, wgan vs vanilla." in text
+    assert "Closest to real data by median FLD: cgan (8.5)" in text
+    assert "1 of 2 WGAN replicas support it" in text
 
 
 def test_wgan_claim_needs_more_than_a_perfect_ranking_of_three_points():
@@ -553,13 +760,8 @@ def test_compare_reports_the_wgan_claim_from_mlflow_histories(runs, tmp_path):
     header = page.header("wgan-claim")
     for key in ("wgan s0", "wgan s1"):
         run_id = runs[key]
-        (replica0,) = client.search_runs(  # the curves live in the replica runs; rho is replica 0's
-            [client.get_run(run_id).info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and tags.replica = '0'",
-        )
-        curves = replica0.info.run_id
-        w = {m.step: m.value for m in client.get_metric_history(curves, "train/w_estimate")}
-        fld = {m.step: m.value for m in client.get_metric_history(curves, "train/fld")}
+        w = {m.step: m.value for m in client.get_metric_history(run_id, "w_estimate")}
+        fld = {m.step: m.value for m in client.get_metric_history(run_id, "train_fld")}
         steps = sorted(set(w) & set(fld))
         rho = spearmanr([w[s] for s in steps], [fld[s] for s in steps]).statistic
         row = claim[run_id[:8]]
@@ -575,7 +777,6 @@ def test_compare_selects_by_run_id_and_by_model(runs, tmp_path):
     assert result.exit_code == 0, result.output
     page = parse_page(out / "comparison.html")
     assert _run_table_ids(page) == [runs["cgan s0"][:8], runs["old vanilla s0"][:8]]
-    assert "per-model" not in page.tables  # one run per model: nothing to average
 
     out = tmp_path / "b"
     assert _compare("--out-dir", str(out), "--models", "cgan", "--models", "vanilla").exit_code == 0

@@ -229,3 +229,122 @@ def test_a_file_without_labels_loads_with_labels_none(digits, tmp_path):
     u8, _ = digits
     images, labels = samples_file.load(write_npz(tmp_path / "samples.npz", images=u8))
     assert labels is None and images.shape == (len(u8), 28, 28)
+
+
+# --- sizes: judged from the archive's headers, before anything is decompressed --------------------
+
+
+def _declaring(path: Path, shape: tuple[int, ...], payload: bytes) -> Path:
+    """An .npz whose `images` header declares `shape` (uint8) followed by only `payload`: reading the
+    array would fail or need the declared size, so a refusal naming the count came from the header."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("images.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            member.write(payload)
+    return path
+
+
+def test_a_file_declaring_two_million_images_is_refused_from_its_header_with_the_cap(workdir):
+    path = _declaring(workdir / "bomb.npz", (2_000_000, 28, 28), bytes(4096))
+    code, stderr = evaluate(path)
+    assert code == 2
+    assert "holds 2,000,000 images, more than the cap of 100,000 samples" in stderr
+    assert "needs at least 1.5 GiB" not in stderr and "GiB of memory" in stderr
+    assert "--max-samples 2000000" in stderr  # the override is named
+
+
+def test_the_sample_cap_is_overridable_and_counts_the_real_images(digits, workdir):
+    u8, _ = digits
+    path = write_npz(workdir / "s.npz", images=u8)
+    result = CliRunner().invoke(
+        app, ["evaluate", "--samples", str(path), "--params", str(workdir / "params.yaml"), "--max-samples", "50"]
+    )
+    assert result.exit_code == 2 and "holds 64 images, more than the cap of 50 samples" in result.stderr
+    assert samples_file.load(path, max_samples=64)[0].shape == (64, 28, 28)
+
+
+def test_a_wrong_shape_is_refused_from_the_header_before_reading(workdir):
+    path = _declaring(workdir / "big.npz", (10, 10_000, 10_000), bytes(10))
+    code, stderr = evaluate(path)
+    assert code == 2 and "`images` has shape (10, 10000, 10000), which is not one of the accepted shapes" in stderr
+
+
+@pytest.fixture
+def evaluator_root(instrument, workdir):
+    """workdir with the session's small trained evaluator saved where the pipeline keeps it."""
+    from pipeline.common import layout
+    from pipeline.instrument import evaluator, reference
+
+    model, ref = instrument
+    evaluator.save(model, workdir / layout.CLASSIFIER)
+    reference.save(ref, workdir / layout.REFERENCE)
+    return workdir
+
+
+@pytest.mark.parametrize("n", [1, 9, 100])
+def test_too_few_samples_are_refused_stating_the_minimum_and_advice_that_works(n, mnist, evaluator_root, monkeypatch):
+    from pipeline.instrument.sample_count import chance_real_set_looks_collapsed, minimum_samples
+
+    monkeypatch.setenv("DVC_ROOT", str(evaluator_root))  # the repository root the CLI reads the evaluator from
+    path = write_npz(evaluator_root / "few.npz", images=mnist.x_test[:n])
+    code, stderr = evaluate(path)
+    message = " ".join(stderr.split())
+    assert code == 2 and "\n" not in stderr.strip()
+    fewest = int(message.split("needs at least ")[1].split(".")[0])
+    assert f"holds {n} samples" in message and f"--n {max(fewest, 1000)}" in message
+    assert "min_share_ratio" not in message  # the count comes from the file: lowering a param is no fix
+    shares = evaluator_root_shares(evaluator_root)
+    # The stated minimum is where real digits stop looking collapsed by chance (at most 1 in 1,000
+    # real sets), and a tenth fewer would not be enough.
+    assert chance_real_set_looks_collapsed(fewest, shares, 0.25) <= 1e-3
+    assert chance_real_set_looks_collapsed(int(fewest * 0.9), shares, 0.25) > 1e-3
+    assert 100 < fewest < 1000 and fewest == minimum_samples(shares, 0.25, 5)
+
+
+def evaluator_root_shares(root: Path) -> np.ndarray:
+    from pipeline.common import layout
+    from pipeline.instrument import reference
+
+    return reference.load(root / layout.REFERENCE).class_hist
+
+
+def test_sample_refuses_a_count_above_the_cap_and_an_unwritable_out_before_any_work(workdir):
+    big = CliRunner().invoke(app, ["sample", "--n", "1000000", "--out", str(workdir / "s.npz")])
+    assert big.exit_code == 2 and "--n 1,000,000 is above the cap of 100,000 samples" in big.stderr
+    assert "--max-samples 1000000" in big.stderr and big.exception is None or isinstance(big.exception, SystemExit)
+    blocker = workdir / "a-file"
+    blocker.write_text("")
+    bad_out = CliRunner().invoke(app, ["sample", "--n", "10", "--out", str(blocker / "s.png")])
+    assert bad_out.exit_code == 2 and f"cannot write {blocker / 's.png'}: {blocker} is a file" in bad_out.stderr
+    assert "generator" not in bad_out.stderr  # refused before the generator was looked for
+
+
+def test_compare_refuses_an_unwritable_out_dir_before_reading_the_store(workdir):
+    blocker = workdir / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(app, ["compare", "--out-dir", str(blocker / "reports")])
+    assert result.exit_code == 2 and f"{blocker} is a file, not a folder" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_write_into_an_unwritable_folder_names_the_folder_not_a_traceback(tmp_path):
+    from pipeline.common import atomic
+    from pipeline.common.errors import GanpipeError
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: a path through a file fails for anyone
+            target = tmp_path / "a-file" / "out.json"
+            (tmp_path / "a-file").write_text("")
+        else:
+            target = locked / "out.json"
+        with pytest.raises(GanpipeError, match="cannot write .*out.json"):
+            atomic.write_json(target, {"x": 1})
+        with pytest.raises(GanpipeError, match="cannot write"):
+            atomic.check_writable(target)
+    finally:
+        locked.chmod(0o700)

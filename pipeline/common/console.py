@@ -147,5 +147,5 @@ def run_main(main: Callable[[], None]) -> None:
     except GanpipeError as exc:
         sys.exit(report_error(exc))
     except KeyboardInterrupt:
-        stderr.print("interrupted: outputs already written are complete; run the command again to resume.")
+        stderr.print("interrupted: every output already written is complete (each is written whole or not at all); run the command again.")
         sys.exit(130)

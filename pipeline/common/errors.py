@@ -16,3 +16,9 @@ class TrainingDiverged(GanpipeError):
     """A loss or a parameter became NaN/Inf during training."""
 
     exit_code = 3
+
+
+class Interrupted(GanpipeError):
+    """The user stopped the command (Ctrl-C) or the system asked it to stop (SIGTERM)."""
+
+    exit_code = 130

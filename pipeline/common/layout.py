@@ -6,8 +6,10 @@ import os
 import subprocess
 from pathlib import Path
 
+PARAMS_CHECK = Path("outputs/params_check.txt")  # written by stages/check_params.py
 RAW_DIR = Path("data/raw")
 PREPARED = Path("data/prepared/mnist.npz")
+STACKED = Path("data/prepared/stacked_mnist.npz")  # index triples into PREPARED's training images
 
 EVALUATOR_DIR = Path("outputs/evaluator")
 CLASSIFIER = EVALUATOR_DIR / "classifier.pt"
@@ -31,6 +33,9 @@ EVALUATE_DIR = Path("outputs/evaluate")
 SAMPLES = EVALUATE_DIR / "samples.npz"
 SAMPLE_GRID = EVALUATE_DIR / "sample_grid.png"
 CLASS_HISTOGRAM = EVALUATE_DIR / "class_histogram.csv"
+MODE_HISTOGRAM = EVALUATE_DIR / "mode_histogram.csv"  # Stacked MNIST: samples per digit triple
+REPLICA_TABLE = EVALUATE_DIR / "replicas.csv"  # one row per replica
+REPLICA_GRIDS = EVALUATE_DIR / "grids"  # replica_<r>.png, every evaluated replica's fixed-noise grid
 
 METRICS_DIR = Path("metrics")
 EVALUATOR_METRICS = METRICS_DIR / "evaluator.json"

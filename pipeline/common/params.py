@@ -202,6 +202,14 @@ class EvaluateParams(Strict):
     verdict: VerdictParams
 
 
+class StackedMNISTParams(Strict):
+    """Stacked MNIST (three MNIST digits as the channels of one image; 1,000 modes)."""
+
+    size: PositiveInt  # training images built (VEEGAN and PacGAN: 128,000)
+    seed: NonNegativeInt  # which MNIST images fill each channel
+    eval_samples: PositiveInt  # samples whose modes are counted (VEEGAN and PacGAN: 26,000)
+
+
 class ReportParams(Strict):
     neighbour_panel: PositiveInt
 
@@ -209,6 +217,8 @@ class ReportParams(Strict):
 class Params(Strict):
     model: Annotated[str, Field(description="the name of one of the presets under `variants`")]
     seed: NonNegativeInt
+    dataset: Literal["mnist", "stacked-mnist"]
+    stacked_mnist: StackedMNISTParams
     replicas: Annotated[PositiveInt, Field(description="how many independent replicas of the variant to train, >= 1")]
     download: DownloadParams
     evaluator: EvaluatorParams

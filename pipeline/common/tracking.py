@@ -8,16 +8,20 @@ repository even for queued and `--temp` experiments (their working copy is delet
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, TypeVar
-from urllib.parse import urlparse
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import unquote, urlparse
 
-from pipeline.common.errors import GanpipeError
+from pipeline.common.errors import GanpipeError, Interrupted
 
 EXPERIMENT = "ganpipe"
 # MLflow 3 opens an experiment in its GenAI view (traces, latency) unless told otherwise. Releases before
@@ -32,8 +36,27 @@ PARAM_SECTIONS = {"train": TRAIN, "evaluate": EVAL, "evaluator": "evaluator"}  #
 T = TypeVar("T")
 
 
+_SET_HERE: set[str] = set()  # URIs ganpipe gave mlflow.set_tracking_uri, which copies them into the environment
+
+
+def user_tracking_uri() -> str | None:
+    """MLFLOW_TRACKING_URI as the user set it. mlflow.set_tracking_uri writes the variable too (for
+    subprocesses), so a value ganpipe set itself is not the user's choice: a second repository opened
+    in the same process must get its own store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return None if not uri or uri in _SET_HERE else uri
+
+
+def use(uri: str) -> None:
+    import mlflow
+
+    if os.environ.get("MLFLOW_TRACKING_URI") != uri:
+        _SET_HERE.add(uri)
+    mlflow.set_tracking_uri(uri)
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve()}/mlflow.db"
+    return user_tracking_uri() or f"sqlite:///{Path(root).resolve()}/mlflow.db"
 
 
 def artifact_root(root: Path) -> str:
@@ -67,12 +90,69 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         folder = Path(db).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise GanpipeError(f"the MLflow database folder {folder} does not exist or is not writable. {_fix_hint()}")
+        kind = sqlite_kind(Path(db))
+        if kind.startswith("not sqlite"):
+            raise GanpipeError(f"{db} (from the tracking URI {uri}) is not an SQLite database ({kind[11:]}). {_fix_hint()}")
+        if kind.startswith("other"):
+            raise GanpipeError(
+                f"{db} (from the tracking URI {uri}) is an SQLite database of something else ({kind[6:]}); "
+                f"ganpipe does not add MLflow's tables to it. {_fix_hint()}"
+            )
     elif scheme in ("file", "") and uri:
-        folder = Path(parsed.path if scheme == "file" else uri)
+        folder = Path(unquote(parsed.path) if scheme == "file" else uri)
+        if folder.is_file():
+            db = "sqlite:///" + str(folder.resolve()).lstrip("/")
+            raise GanpipeError(
+                f"MLFLOW_TRACKING_URI={uri!r} names a file, but without a scheme MLflow reads it as a folder "
+                f"store. For an SQLite database write MLFLOW_TRACKING_URI={db}. {_fix_hint()}"
+            )
+        # MLflow 3 refuses its folder ("file") store unless MLFLOW_ALLOW_FILE_STORE=true; refusing here
+        # beats MLflow's traceback after the data has been loaded.
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise GanpipeError(
+                f"MLFLOW_TRACKING_URI={uri!r} names a folder store, which MLflow 3 no longer accepts by default. "
+                f"{_fix_hint()} An existing folder store moves to a database with `mlflow migrate-filestore`, "
+                "or set MLFLOW_ALLOW_FILE_STORE=true to keep using it."
+            )
         if not folder.parent.is_dir():
             raise GanpipeError(f"the MLflow store folder {folder.parent} does not exist. {_fix_hint()}")
     elif scheme not in ("postgresql", "mysql", "mssql", "databricks"):
         raise GanpipeError(f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI MLflow understands. {_fix_hint()}")
+
+
+MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
+
+
+def sqlite_kind(db: Path) -> str:
+    """What a would-be MLflow database file is, read without creating or changing anything:
+    "missing", "empty" (no tables yet: MLflow may create its own), "mlflow", "other: <tables>" or
+    "not sqlite: <reason>"."""
+    if not db.exists():
+        return "missing"
+    if db.is_dir():
+        return "not sqlite: it is a directory"
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        return f"not sqlite: {exc.strerror}"
+    if not head:
+        return "empty"
+    if head != b"SQLite format 3\x00":
+        return "not sqlite: it does not start with SQLite's header"
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return f"not sqlite: {exc}"
+    if not tables:
+        return "empty"
+    if MLFLOW_TABLES <= tables:
+        return "mlflow"
+    return "other: tables " + ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
 
 
 def retry_locked(fn: Callable[[], T], attempts: int = 8, first_wait: float = 0.25) -> T:
@@ -95,7 +175,9 @@ def connect(root: Path) -> str:
 
     uri = tracking_uri(root)
     check_store(uri)
-    mlflow.set_tracking_uri(uri)
+    if user_tracking_uri() is None:
+        retry_locked(lambda: follow_repository(Path(root).resolve() / "mlflow.db", artifact_root(root)))
+    use(uri)
     client = mlflow.MlflowClient()
 
     def get_or_create() -> str:
@@ -114,6 +196,104 @@ def connect(root: Path) -> str:
     experiment_id = retry_locked(get_or_create)
     retry_locked(lambda: client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND))
     return experiment_id
+
+
+def follow_repository(db: Path, artifacts: str) -> None:
+    """Make the repository's own store write artifacts under this root after the repository moved or
+    was copied.
+
+    MLflow fixes an experiment's artifact location (an absolute URI) when the experiment is created,
+    and each run's when the run is created, and offers no call to change either; so a moved or copied
+    repository would keep writing into the original's mlartifacts/. The store and mlartifacts/ travel
+    together (both sit at the repository root), so the experiment is pointed at this root's
+    mlartifacts/, and each earlier run or logged model whose artifacts are found under this root too.
+    Only the pipeline's own default store is touched, never a store named by MLFLOW_TRACKING_URI.
+    """
+    if sqlite_kind(db) != "mlflow":
+        return
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        with con:  # one transaction
+            row = con.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ?", (EXPERIMENT,)).fetchone()
+            if row is None or row[1] == artifacts or not str(row[1]).rstrip("/").endswith("/mlartifacts"):
+                return
+            experiment_id, old = row[0], row[1].rstrip("/")
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (artifacts, experiment_id))
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for table, key, column in (("runs", "run_uuid", "artifact_uri"), ("logged_models", "model_id", "artifact_location")):
+                if table not in tables:
+                    continue
+                rows = con.execute(f"SELECT {key}, {column} FROM {table} WHERE experiment_id = ?", (experiment_id,))
+                for ident, location in rows.fetchall():
+                    if not location or not location.startswith(old + "/"):
+                        continue
+                    moved = artifacts + location[len(old):]
+                    if Path(unquote(urlparse(moved).path)).exists():
+                        con.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (moved, ident))
+    finally:
+        con.close()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`dvc queue kill`, a job scheduler, `kill`) raises KeyboardInterrupt, like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def end_run(run_id: str, status: str, reason: str | None = None) -> None:
+    """Mark an MLflow run terminated with `status`, unless it already is; never raises (it runs while
+    another error is on its way out, which must not be replaced by a store error)."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient()
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        if reason:
+            retry_locked(lambda: client.set_tag(run_id, "failure_reason", reason[:5000]))
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            retry_locked(lambda: mlflow.end_run(status=status))  # also pops it, so exit cannot mark it FINISHED
+        else:
+            retry_locked(lambda: client.set_terminated(run_id, status=status))
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+@contextmanager
+def run_outcome(run_id: str) -> Iterator[None]:
+    """Around the work of an open MLflow run: if the block is interrupted (Ctrl-C, SIGTERM, or
+    `Interrupted`), end the run KILLED; if it raises anything else, end it FAILED with the error as its
+    `failure_reason` tag. Either way the exception goes on. Without this, MLflow's exit handler ends
+    the active run FINISHED, and a half-trained model would pose as a finished one.
+
+    A block that completes leaves the run open: the caller ends it when all its logging is done. Nest
+    one per run (a parent and each replica's child run) so each ends with its own status.
+    """
+    try:
+        with _sigterm_as_interrupt():
+            yield
+    except (KeyboardInterrupt, Interrupted):
+        end_run(run_id, "KILLED")
+        raise
+    except Exception as exc:
+        end_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            end_run(run_id, "FAILED", f"exited with status {exc.code}")
+        raise
 
 
 def _git(args: list[str], cwd: Path) -> str:

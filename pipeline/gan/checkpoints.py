@@ -25,6 +25,8 @@ def fingerprint(params: Params, device: torch.device) -> str:
         "model": params.model,
         "variant": params.variant.model_dump(mode="json"),
         "seed": params.seed,
+        "dataset": params.dataset,
+        "stacked_mnist": params.stacked_mnist.model_dump(mode="json") if params.dataset == "stacked-mnist" else None,
         "replicas": params.replicas,
         "train": params.train.model_dump(mode="json"),
         "device": device.type,

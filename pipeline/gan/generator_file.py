@@ -16,6 +16,7 @@ from torch import nn
 from pipeline.common import atomic
 from pipeline.common.errors import GanpipeError
 from pipeline.common.params import VariantParams
+from pipeline.gan.networks import MNIST_CHANNELS
 from pipeline.gan.variants import build_generator
 
 _RETRAIN = "Train it with `dvc repro train` (run from the ganpipe repository root), then run this command again."
@@ -35,6 +36,7 @@ def save_generators(
     variant: VariantParams,
     seeds: list[int],
     diverged: list[str | None],
+    channels: int = MNIST_CHANNELS,
 ) -> None:
     if not (len(generators) == len(seeds) == len(diverged)):
         raise ValueError("generators, seeds and diverged must have one entry per replica")
@@ -46,7 +48,9 @@ def save_generators(
                 raise ValueError(f"replica {r} has no generator but is not marked diverged")
             state = {k: v.detach().cpu() for k, v in gen.state_dict().items()}
         replicas.append({"index": r, "seed": int(seed), "state_dict": state, "diverged": reason})
-    atomic.save_torch(Path(path), {"variant": variant.model_dump(mode="json"), "replicas": replicas})
+    # `channels` (3 for Stacked MNIST) rebuilds the right network; files without it hold MNIST generators.
+    document = {"variant": variant.model_dump(mode="json"), "replicas": replicas, "channels": channels}
+    atomic.save_torch(Path(path), document)
 
 
 def _read(path: Path) -> dict:
@@ -70,7 +74,7 @@ def load_generators(path: Path | str) -> tuple[list[ReplicaGenerator], VariantPa
     for entry in saved["replicas"]:
         gen = None
         if entry["diverged"] is None:
-            gen = build_generator(variant)
+            gen = build_generator(variant, saved.get("channels", MNIST_CHANNELS))
             gen.load_state_dict(entry["state_dict"])
             gen.eval()
         out.append(ReplicaGenerator(entry["index"], entry["seed"], gen, entry["diverged"]))

@@ -19,7 +19,8 @@ def sample(
     labels: np.ndarray | None = None,
     batch_size: int = 2048,
 ) -> np.ndarray:
-    """n images as float32 (n, 28, 28) in [0, 1]. `labels` (n,) chooses the digits of a CGAN."""
+    """n images as float32 (n, 28, 28) in [0, 1], or (n, C, 28, 28) for a generator of C > 1 channels
+    (Stacked MNIST). `labels` (n,) chooses the digits of a CGAN."""
     device = next(generator.parameters()).device
     rng = torch.Generator(device=device)
     rng.manual_seed(seed)
@@ -37,7 +38,9 @@ def sample(
             y = torch.nn.functional.one_hot(y_idx, N_CLASSES).float()
         out.append(generator(z, y).float().cpu())
     generator.train(was_training)
-    return torch.cat(out).reshape(n, 28, 28).numpy()
+    rows = torch.cat(out)
+    channels = rows.shape[1] // (28 * 28)
+    return rows.reshape((n, 28, 28) if channels == 1 else (n, channels, 28, 28)).numpy()
 
 
 def grid_labels(generator: Generator) -> np.ndarray | None:
@@ -52,9 +55,12 @@ def sample_grid(generator: Generator, seed: int) -> np.ndarray:
 
 
 def tile(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
-    """Tile float [0, 1] images (rows*cols, 28, 28) into one uint8 picture with a dark gutter."""
-    n, h, w = images.shape
-    canvas = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.uint8)
+    """Tile float [0, 1] images (rows*cols, 28, 28) into one uint8 picture with a dark gutter; colour
+    images (rows*cols, 3, 28, 28), Stacked MNIST's, give an (H, W, 3) picture."""
+    if images.ndim == 4:
+        images = images.transpose(0, 2, 3, 1)  # channels last, as pictures store them
+    n, h, w = images.shape[:3]
+    canvas = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, *images.shape[3:]), dtype=np.uint8)
     pixels = to_uint8(images)
     for i in range(min(n, rows * cols)):
         r, c = divmod(i, cols)

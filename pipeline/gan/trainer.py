@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from pipeline.common.params import VariantParams
-from pipeline.gan.networks import N_CLASSES
+from pipeline.gan.networks import IMAGE_DIM, N_CLASSES
 from pipeline.gan.objectives import OBJECTIVES, clip_weights_, gradient_penalty
 from pipeline.gan.replica_stack import ReplicaStack, map_replicas
 from pipeline.gan.variants import build_networks, make_optimizer
@@ -73,7 +73,8 @@ class Trainer:
         self.seeds = list(seeds)
         self.precision = precision
         self.batched = batched
-        nets = [build_networks(variant, self.device, s) for s in self.seeds]
+        channels = images.shape[1] // IMAGE_DIM  # 3 for Stacked MNIST's rows
+        nets = [build_networks(variant, self.device, s, channels) for s in self.seeds]
         self.generator = ReplicaStack([g for g, _ in nets])
         self.critic = ReplicaStack([d for _, d in nets])
         self.rngs = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]

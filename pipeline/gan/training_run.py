@@ -17,14 +17,17 @@ import numpy as np
 import torch
 
 from pipeline.common import devices, tracking
-from pipeline.common.errors import TrainingDiverged
+from pipeline.common.errors import Interrupted, TrainingDiverged
 from pipeline.common.params import Params
 from pipeline.data.mnist import MNIST
+from pipeline.data.stacked_mnist import StackedMNIST
+from pipeline.data.training_set import training_rows
 from pipeline.gan import checkpoints, sampling, threads
 from pipeline.gan.replicas import replica_seeds
 from pipeline.gan.trainer import Hooks, NonFiniteTraining, Schedule, Trainer, fit
 from pipeline.instrument import evaluation
 from pipeline.instrument.evaluator import MnistCNN
+from pipeline.instrument.stacked import quick_modes
 from pipeline.instrument.reference import Reference
 
 GRID_SEED_OFFSET = 1_000_003  # the fixed-noise grid uses its own stream, apart from training draws
@@ -77,8 +80,10 @@ def train_tracked(
     ref: Reference,
     progress: Callable[..., None] = lambda done, total, **latest: None,
     trainer_hook: Callable[[Trainer, int], None] = lambda trainer, step: None,
+    stacked: StackedMNIST | None = None,
 ) -> RunResult:
-    """Train every replica; `trainer_hook(trainer, step)` runs after each loss reading (tests use it)."""
+    """Train every replica; `trainer_hook(trainer, step)` runs after each loss reading (tests use it).
+    With `stacked` (the `stack` stage's index triples) the training set is Stacked MNIST."""
     import mlflow
 
     v, t = params.variant, params.train
@@ -91,8 +96,7 @@ def train_tracked(
     experiment_id = tracking.connect(root)  # fails fast on a bad MLFLOW_TRACKING_URI
 
     seeds = replica_seeds(params.seed, params.replicas)
-    images = devices.images_to_device(data.x_train, device)
-    labels = torch.from_numpy(data.y_train.astype(np.int64)).to(device)
+    images, labels = training_rows(data, device, stacked)
     # One replica runs as plain (unbatched) calls: vmap only pays off when there is something to batch.
     trainer = Trainer(v, images, labels, seeds, batched=params.replicas > 1)
     result = RunResult(trainer, "", [], seeds, device=str(device), threads=n_threads)
@@ -159,6 +163,8 @@ def train_tracked(
             generator = trainer.replica_generator(r)
             imgs = sampling.sample(generator, eval_n, seed=params.seed + step, labels=eval_labels)
             quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
+            if stacked is not None:  # the digits above are pooled over channels; modes count the triples
+                quick.update(quick_modes(classifier, imgs))
             result.collapse_curve.append({"step": step, "replica": r, **quick})
             buffers[r].add(step, tracking.metric_names(tracking.TRAIN, quick))
             quick_by_replica[r] = quick
@@ -194,7 +200,12 @@ def train_tracked(
         on_sample(0)  # the untrained generator's grid: MLflow's image slider starts at step 0
     start = time.perf_counter()
     try:
-        fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
+        with tracking.run_outcome(result.run_id):  # Ctrl-C/SIGTERM: KILLED; any other error: FAILED
+            fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
+    except KeyboardInterrupt:
+        for r in trainer.live:  # the replicas' child runs end with their parent
+            tracking.end_run(result.replica_run_ids[r], "KILLED")
+        raise Interrupted(_interrupted_message(params, ckpt_path)) from None
     except NonFiniteTraining:
         flush()
         for r, divergence in trainer.diverged.items():
@@ -220,6 +231,22 @@ def train_tracked(
         if row["step"] == last_step
     }
     return result
+
+
+def _interrupted_message(params: Params, ckpt_path: Path) -> str:
+    """What an interrupted training leaves: the resume promise only when a checkpoint exists."""
+    if ckpt_path.is_file():
+        step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["trainer"].get("step", "?")
+        return (
+            f"training of {params.model} interrupted; its MLflow run is marked KILLED. The checkpoint at "
+            f"generator iteration {step} is kept in {ckpt_path}: run `dvc repro` (or the same `dvc exp run`) "
+            "again to resume from it in the same MLflow run."
+        )
+    return (
+        f"training of {params.model} interrupted before its first checkpoint (every "
+        f"train.checkpoint_every = {params.train.checkpoint_every} iterations); its MLflow run is marked "
+        "KILLED. There is nothing to resume: run `dvc repro` again to train from the start."
+    )
 
 
 def finish_run(result: RunResult, iterations: int) -> None:

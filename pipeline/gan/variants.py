@@ -54,12 +54,15 @@ def build_critic(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.M
     return spectral_norm_every_layer(critic) if variant.spectral_norm else critic
 
 
-def build_networks(variant: VariantParams, device: torch.device, seed: int) -> tuple[nn.Module, nn.Module]:
-    """G and D initialised from `seed`, independently of the global RNG."""
+def build_networks(
+    variant: VariantParams, device: torch.device, seed: int, channels: int = MNIST_CHANNELS
+) -> tuple[nn.Module, nn.Module]:
+    """G and D for images of `channels` channels (3: Stacked MNIST), initialised from `seed`,
+    independently of the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        generator = build_generator(variant)
-        critic = build_critic(variant)
+        generator = build_generator(variant, channels)
+        critic = build_critic(variant, channels)
     return generator.to(device), critic.to(device)
 
 

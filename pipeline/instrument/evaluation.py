@@ -206,6 +206,9 @@ def metrics_for_dvc(result: dict[str, Any]) -> dict[str, Any]:
     out = {k: round(float(result[k]), 6) for k in SCALARS if result.get(k) is not None}
     out["collapse_detected"] = int(result["collapse"]["detected"])
     out["collapse_borderline"] = int(result["collapse"]["borderline"])
+    for key in ("modes_captured", "mode_kl"):  # Stacked MNIST results (pipeline/instrument/stacked.py)
+        if result.get(key) is not None:
+            out[key] = round(float(result[key]), 6)
     for key in ("first_full_coverage_iteration", "first_collapse_iteration"):
         if result.get(key) is not None:
             out[key] = result[key]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.errors import GanpipeError
+from pipeline.instrument.sample_count import MAX_SAMPLES
 
 EXPECTED = (
     "Expected an .npz holding `images` shaped (N, 28, 28), (N, 1, 28, 28) or (N, 784), uint8 in [0, 255] "
@@ -34,14 +35,16 @@ def _bad(path: Path, problem: str) -> GanpipeError:
     return GanpipeError(f"{path}: {problem}. {EXPECTED}")
 
 
-def load(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images as (N, 28, 28) float32 in [0, 1], and labels (N,) int64 or None."""
+def load(path: str | Path, max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images as (N, 28, 28) float32 in [0, 1], and labels (N,) int64 or None. N above `max_samples`
+    is refused from the archive's headers, before anything is decompressed."""
     path = Path(path)
     if path.is_dir():
         raise GanpipeError(f"{path} is a directory. Pass the path of an .npz sample file. {EXPECTED}")
     if not path.is_file():
         raise GanpipeError(f"{path} does not exist. Pass the path of an .npz sample file. {EXPECTED}")
     _check_container(path)
+    _check_declared_size(path, max_samples)
     try:
         archive = np.load(path, allow_pickle=False)
     except _READ_ERRORS as exc:
@@ -84,6 +87,47 @@ def _check_container(path: Path) -> None:
         except UnicodeDecodeError:
             kind = "a binary file of another format"
         raise _bad(path, f"is not an .npz archive (it looks like {kind})")
+
+
+def _declared_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array in the archive, from the .npy headers alone (a few hundred bytes
+    decompressed per array): a small file that inflates to gigabytes is judged before it is read."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(member)
+                out[info.filename[: -len(".npy")]] = (tuple(shape), dtype)
+    except _READ_ERRORS:
+        return {}  # unreadable headers: np.load below names the damage
+    return out
+
+
+def _check_declared_size(path: Path, max_samples: int, check_shape: bool = True) -> None:
+    """Refuse from the archive's headers alone, before reading: a wrong shape or more images than the cap.
+    Stacked MNIST files check their own shapes after loading (check_shape=False)."""
+    declared = _declared_arrays(path)
+    if "images" not in declared:
+        return
+    shape, dtype = declared["images"]
+    if not shape or dtype.hasobject:
+        return  # a single value or Python objects: refused with their own messages once read
+    if check_shape and shape[1:] not in SHAPES:
+        raise _bad(path, f"`images` has shape {shape}, which is not one of the accepted shapes{_shape_hint(shape)}")
+    n = shape[0]
+    if n > max_samples:
+        need_gib = n * 784 * (dtype.itemsize + 4) / 2**30  # the file's array plus its float32 copy
+        raise GanpipeError(
+            f"{path} holds {n:,} images, more than the cap of {max_samples:,} samples (reading and measuring "
+            f"them needs at least {need_gib:.1f} GiB of memory, and time that grows with the count). Evaluate "
+            f"a random subset of at most {max_samples:,} (e.g. images[np.random.default_rng(0).choice(len(images), "
+            f"{max_samples}, replace=False)]), or raise the cap with --max-samples {n} if this machine has the memory."
+        )
 
 
 def _read_member(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
@@ -173,3 +217,55 @@ def _check_labels(path: Path, labels: np.ndarray | None, n: int) -> np.ndarray |
             f"`labels` range from {int(low)} to {int(high)}: {n_bad} of them are outside the digits 0-9",
         )
     return values.astype(np.int64)
+
+
+STACKED_EXPECTED = (
+    "Expected (for --dataset stacked-mnist) an .npz holding `images` shaped (N, 3, 28, 28): three MNIST "
+    "digits as the channels of each sample, uint8 in [0, 255] or float in [0, 1]; e.g. "
+    "np.savez('samples.npz', images=images)."
+)
+
+
+def load_stacked(path: str | Path, max_samples: int = MAX_SAMPLES) -> np.ndarray:
+    """Stacked MNIST samples as (N, 3, 28, 28) float32 in [0, 1]; refused like `load` otherwise."""
+    path = Path(path)
+    _check_declared_size(path, max_samples, check_shape=False)
+    try:
+        images, labels = _load_any_shape(path)
+    except GanpipeError as exc:
+        raise GanpipeError(str(exc).replace(EXPECTED, STACKED_EXPECTED)) from None
+    bad = lambda problem: GanpipeError(f"{path}: {problem}. {STACKED_EXPECTED}")  # noqa: E731
+    shape = tuple(images.shape)
+    if labels is not None:
+        raise bad("it holds `labels`, but Stacked MNIST samples are unconditional; drop the `labels` array")
+    if images.ndim == 0 or shape[0] == 0 or shape[1:] != (3, 28, 28):
+        hint = ""
+        if shape[1:] == (28, 28, 3):
+            hint = " (channels-last? move the channel axis: images.transpose(0, 3, 1, 2))"
+        elif shape[1:] in SHAPES:
+            hint = " (one channel: these look like plain MNIST samples; drop --dataset stacked-mnist)"
+        raise bad(f"`images` has shape {shape}, not (N, 3, 28, 28){hint}")
+    try:
+        flat = _check_images(path, images.reshape(shape[0] * 3, 28, 28))
+    except GanpipeError as exc:
+        raise GanpipeError(str(exc).replace(EXPECTED, STACKED_EXPECTED)) from None
+    return flat.reshape(shape[0], 3, 28, 28)
+
+
+def _load_any_shape(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The raw `images` (and `labels`) arrays of a checked .npz, before any shape check."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise GanpipeError(f"{path} {what}. Pass the path of an .npz sample file. {EXPECTED}")
+    _check_container(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise _bad(path, f"is a damaged or incomplete .npz archive that cannot be opened ({_reason(exc)})") from None
+    with archive:
+        if "images" not in archive.files:
+            held = ", ".join(f"`{k}`" for k in archive.files) or "no arrays at all"
+            raise _bad(path, f"has no `images` array (it holds {held})")
+        images = _read_member(path, archive, "images")
+        labels = _read_member(path, archive, "labels") if "labels" in archive.files else None
+    return images, labels

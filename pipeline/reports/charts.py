@@ -28,41 +28,129 @@ def _log_if_wide(ax, values: pd.Series) -> None:
         ax.set_yscale("log")
 
 
+def per_replica(frame: pd.DataFrame):
+    """(replica, rows) pairs; a frame without a `replica` column (an old single run) is replica 0."""
+    if "replica" not in frame:
+        return [(0, frame)]
+    return [(int(r), rows) for r, rows in frame.groupby("replica", sort=True)]
+
+
+def _replica_alpha(n: int) -> float:
+    return 0.9 if n == 1 else max(0.35, 0.8 - 0.05 * n)
+
+
 def loss_curves(losses: pd.DataFrame) -> bytes:
-    """D and G losses over training; a WGAN's W-estimate gets its own panel (its scale differs)."""
+    """D and G losses over training, one line per replica; a WGAN's W-estimate gets its own panel."""
     plt = pyplot()
     has_w = "w_estimate" in losses
     fig, axes = plt.subplots(1, 2 if has_w else 1, figsize=WIDE, squeeze=False)
     ax = axes[0, 0]
-    ax.plot(losses["step"], losses["d_loss"], label="D / critic loss", color="#cf222e")
-    ax.plot(losses["step"], losses["g_loss"], label="G loss", color=SAMPLE_COLOUR)
+    groups = per_replica(losses)
+    alpha = _replica_alpha(len(groups))
+    for i, (_, rows) in enumerate(groups):
+        first = i == 0  # one legend entry per series, not per replica
+        ax.plot(rows["step"], rows["d_loss"], color="#cf222e", alpha=alpha, lw=1,
+                label="D / critic loss" if first else None)
+        ax.plot(rows["step"], rows["g_loss"], color=SAMPLE_COLOUR, alpha=alpha, lw=1, label="G loss" if first else None)
     ax.legend(fontsize=8, frameon=False, loc="best")
-    _style(ax, "Losses")
+    _style(ax, "Losses" + (f" ({len(groups)} replicas)" if len(groups) > 1 else ""))
     if has_w:
         ax = axes[0, 1]
-        ax.plot(losses["step"], losses["w_estimate"], color="#8250df")
+        for _, rows in groups:
+            ax.plot(rows["step"], rows["w_estimate"], color="#8250df", alpha=alpha, lw=1)
         _style(ax, "Critic's W-estimate  (mean D(real) − mean D(fake))")
     fig.tight_layout()
     return figure_png(fig)
 
 
-def collapse_curves(curve: pd.DataFrame, first_collapse: int | None) -> bytes:
-    """The in-training collapse check: digits covered and FLD, with the first collapse marked."""
+def collapse_curves(curve: pd.DataFrame, first_collapse: dict[int, int | None] | int | None) -> bytes:
+    """The in-training collapse check, one line per replica: digits covered and FLD; each replica's
+    first failed check is marked with a cross on its own line."""
     plt = pyplot()
     fig, (cov, fld) = plt.subplots(1, 2, figsize=WIDE)
-    cov.plot(curve["step"], curve["class_coverage"], marker="o", ms=3, color=SAMPLE_COLOUR)
+    groups = per_replica(curve)
+    alpha = _replica_alpha(len(groups))
+    if not isinstance(first_collapse, dict):
+        first_collapse = {0: first_collapse}
+    marked = False
+    for r, rows in groups:
+        cov.plot(rows["step"], rows["class_coverage"], marker="o", ms=3, color=SAMPLE_COLOUR, alpha=alpha, lw=1)
+        fld.plot(rows["step"], rows["fld"], marker="o", ms=3, color="#bc4c00", alpha=alpha, lw=1)
+        step = first_collapse.get(r)
+        hit = rows[rows["step"] == step]
+        if step is not None and len(hit):
+            label = None if marked else "first failed check (per replica)"
+            cov.scatter(hit["step"], hit["class_coverage"], marker="x", s=60, color="#cf222e", zorder=3, label=label)
+            fld.scatter(hit["step"], hit["fld"], marker="x", s=60, color="#cf222e", zorder=3)
+            marked = True
     cov.axhline(10, color=REAL_COLOUR, ls="--", lw=1, label="all ten digits")
     cov.set_ylim(0, 10.5)
     cov.set_yticks(range(0, 11, 2))
     _style(cov, "Digits covered (class coverage)")
-    fld.plot(curve["step"], curve["fld"], marker="o", ms=3, color="#bc4c00")
     _log_if_wide(fld, curve["fld"])
     _style(fld, "FLD to MNIST (lower is closer)")
-    if first_collapse is not None:
-        for ax in (cov, fld):
-            ax.axvline(first_collapse, color="#cf222e", lw=1, alpha=0.7, label="first collapse check failed")
     cov.legend(fontsize=8, frameon=False, loc="best")
     fig.tight_layout()
+    return figure_png(fig)
+
+
+COLLAPSED_COLOUR, CLEAN_COLOUR = "#cf222e", SAMPLE_COLOUR
+
+
+def replica_dots(
+    rows: pd.DataFrame,
+    x: str,
+    panels: Sequence[tuple[str, str]],
+    real_ranges: dict[str, tuple[float, float]] | None = None,
+) -> bytes:
+    """One dot per replica per metric: a panel per (column, title), replicas spread along x (a replica
+    index, or a variant name with the replicas jittered), red when the replica's verdict is collapse.
+    A black bar marks each group's median (a dashed line, the median of all, when each x holds one dot);
+    a grey band, real MNIST subsets' range where known."""
+    plt = pyplot()
+    cols = min(len(panels), 3)
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(12.0, 3.0 * nrows), squeeze=False)
+    groups = list(dict.fromkeys(rows[x]))  # first-seen order
+    pos = {g: i for i, g in enumerate(groups)}
+    jitter = np.random.default_rng(0).uniform(-0.18, 0.18, len(rows)) if rows[x].duplicated().any() else np.zeros(len(rows))
+    xs = rows[x].map(pos).to_numpy(dtype=float) + jitter
+    collapsed = rows["collapsed"].fillna(0).astype(bool).to_numpy()
+    for ax, (column, title) in zip(axes.flat, panels):
+        values = pd.to_numeric(rows[column], errors="coerce")
+        band = (real_ranges or {}).get(column)
+        if band is not None:
+            ax.axhspan(band[0], band[1], color=REAL_COLOUR, alpha=0.25, lw=0, label="real MNIST range")
+        for mask, colour, label in ((~collapsed, CLEAN_COLOUR, "no collapse"), (collapsed, COLLAPSED_COLOUR, "collapse")):
+            ok = mask & values.notna().to_numpy()
+            if ok.any():
+                ax.scatter(xs[ok], values[ok], s=36, color=colour, alpha=0.85, edgecolor="white", lw=0.5,
+                           label=label, zorder=3)
+        grouped = False
+        for g, i in pos.items():
+            group = values[rows[x] == g].dropna()
+            if len(group) > 1:
+                ax.hlines(group.median(), i - 0.3, i + 0.3, color="black", lw=1.5, zorder=4)
+                grouped = True
+        if not grouped and values.notna().sum() > 1:  # one dot per x (a replica axis): the median of all
+            ax.axhline(values.median(), color="black", lw=1, ls="--", zorder=2, label="median")
+        if column.endswith("class_coverage"):
+            ax.set_ylim(-0.3, 10.5)
+            ax.set_yticks(range(0, 11, 2))
+        ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=20 if len(groups) > 4 else 0)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        _style(ax, title, xlabel=x)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in list(axes.flat)[1:len(panels)]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False, ncols=len(labels))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94 if nrows == 1 else 0.97))
     return figure_png(fig)
 
 
@@ -134,24 +222,32 @@ def overlaid_curves(
     panels: Sequence[tuple[str, str]],
 ) -> bytes:
     """One panel per (column, title); one line per run. `histories` holds (model, label, frame with
-    `step` and the columns); a model keeps its colour across panels, and its seeds differ by line style."""
+    `step` and the columns); a model keeps its colour across panels, and its seeds differ by line style.
+    Histories sharing a label (the replicas of one training) share a style and one legend entry."""
     plt = pyplot()
     models = sorted({model for model, _, _ in histories})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     styles = ["-", "--", ":", "-."]
-    seen: dict[str, int] = {}
+    seen: dict[str, list[str]] = {}
+    in_legend: set[str] = set()
+    alpha = 0.9 if len({label for _, label, _ in histories}) == len(histories) else 0.55
     cols = min(len(panels), 2)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(12.0, 3.6 * rows), squeeze=False)
     for model, label, frame in histories:
-        style = styles[seen.setdefault(model, 0) % len(styles)]
-        seen[model] += 1
+        labels = seen.setdefault(model, [])
+        if label not in labels:
+            labels.append(label)
+        style = styles[labels.index(label) % len(styles)]
+        shown = label not in in_legend
+        in_legend.add(label)
         for ax, (column, _) in zip(axes.flat, panels):
             if column in frame:
                 # Series logged at different intervals share the frame; NaN gaps would break the line.
                 points = frame[["step", column]].dropna()
                 if len(points):
-                    ax.plot(points["step"], points[column], ls=style, color=colours[model], label=label)
+                    ax.plot(points["step"], points[column], ls=style, color=colours[model], alpha=alpha,
+                            label=label if shown else "_nolegend_")
     for ax, (column, title) in zip(axes.flat, panels):
         if column.endswith("class_coverage"):
             ax.set_ylim(0, 10.5)  # the full scale: 10 is "no digit missing"

@@ -26,9 +26,9 @@ def pyplot():
 
 
 def png_bytes(image: np.ndarray, scale: int = 2) -> bytes:
-    """A grey uint8 image (H, W) as PNG bytes, each pixel enlarged scale x scale for legibility."""
+    """A grey (H, W) or colour (H, W, 3) uint8 image as PNG bytes, each pixel enlarged scale x scale."""
     plt = pyplot()
-    big = np.kron(image, np.ones((scale, scale), dtype=np.uint8)) if scale > 1 else image
+    big = image.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else image
     buf = io.BytesIO()
     plt.imsave(buf, big, cmap="gray", vmin=0, vmax=255, format="png")
     return buf.getvalue()

@@ -1,9 +1,13 @@
 """Reading finished pipeline runs back from the MLflow store, for `ganpipe compare`.
 
-Every training the pipeline logs is a parent run carrying the tags `model` and `seed`, the final `eval/*`
-metrics, the `collapse` tag, and the artifacts evaluation/evaluation.json and evaluation/sample_grid.png; its
-replica child runs carry the step metrics of training (train/d_loss, train/g_loss, train/w_estimate for WGAN;
-train/fld etc. from the in-training check). The comparison shows parents, with replica 0's curves.
+A training is a parent run (tags `model`, `seed`, `replicas`) with one nested child run per replica
+(tags `mlflow.parentRunId`, `replica`, `replica_seed`). Each child carries the step metrics of training
+(train/d_loss, train/g_loss, train/w_estimate for WGAN; train/fld etc. from the in-training check), its final
+`eval/*` metrics, its run description (the verdict), the `collapse` tag (the verdict kind, or "diverged") and the
+artifacts evaluation/evaluation.json and evaluation/sample_grid.png. The parent carries the medians and the
+collapse rate as `eval/*`. Runs logged before the grouped names (`eval_*`, `train_*`, bare `d_loss`) are read
+too. A run logged before replicas existed has no children and carries all of this itself: it is shown as a
+training with one replica.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ HISTORY_KEYS = {
                         ("class_kl", "train_class_kl")]
 }
 EVAL_PREFIX = "metrics." + tracking.metric_name(tracking.EVAL, "")
+LEGACY_EVAL_PREFIX = "metrics.eval_"  # runs logged before the grouped names
 _FIX = (
     "Run the pipeline first (`dvc repro`, then e.g. `dvc exp run -S model=wgan` for another variant) from the "
     "repository root, or point MLFLOW_TRACKING_URI at the store that holds your runs."
@@ -37,22 +42,52 @@ _FIX = (
 
 
 @dataclass
+class ReplicaData:
+    """One replica of a training: a nested child run, or an old single run standing as its only replica."""
+
+    index: int
+    run_id: str
+    seed: str  # the replica's own seed
+    metrics: dict[str, float]  # its eval/* metrics without the prefix
+    collapse: str  # the verdict kind, "diverged", or "not evaluated"
+    evidence: list[str] = field(default_factory=list)
+    grid_png: bytes | None = None
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def collapsed(self) -> bool | None:
+        """True/False for an evaluated replica; None for a diverged or not yet evaluated one."""
+        return None if self.collapse in ("diverged", "not evaluated") else self.collapse != "none"
+
+
+@dataclass
 class RunData:
+    """One training: a parent run with its replicas, or an old run without children (one replica)."""
+
     run_id: str
     model: str
     seed: str
     name: str
-    metrics: dict[str, float]  # the final evaluation, without the eval/ prefix
-    collapse: str  # the verdict kind, or "not evaluated"
+    metrics: dict[str, float]  # the final evaluation, without the eval/ prefix (a parent's: medians and rate)
+    collapse: str  # an old single run's verdict kind, or "not evaluated"; a parent's is per replica
     evidence: list[str] = field(default_factory=list)
     grid_png: bytes | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, then one column per HISTORY_KEYS logged
+    children: list[ReplicaData] = field(default_factory=list)
     dvc_exp: str = ""  # the DVC experiment that trained it ("workspace" for a plain `dvc repro`)
     url: str = ""  # the run's page in the MLflow UI
 
     @property
     def label(self) -> str:
         return f"{self.model} s{self.seed}"
+
+    @property
+    def replicas(self) -> list[ReplicaData]:
+        """The nested replica runs; a run logged before replicas existed is its own single replica."""
+        if self.children:
+            return self.children
+        return [ReplicaData(0, self.run_id, self.seed, self.metrics, self.collapse, self.evidence, self.grid_png,
+                            self.history)]
 
 
 def open_store(root: Path) -> str:
@@ -64,9 +99,18 @@ def open_store(root: Path) -> str:
     scheme = parsed.scheme.split("+")[0]
     if scheme == "sqlite":
         db = Path(parsed.path)
-        if not db.is_file() or db.stat().st_size == 0:
+        # Read-only: opening a database through MLflow would create MLflow's tables in it, so anything
+        # but an existing MLflow database is refused before MLflow sees it.
+        kind = tracking.sqlite_kind(db)
+        if kind in ("missing", "empty"):
             raise GanpipeError(
                 f"there is no MLflow store at {db} (tracking URI {uri}): no run has been logged there. {_FIX}"
+            )
+        if kind != "mlflow":
+            what = "an SQLite database" if kind.startswith("not sqlite") else "an MLflow store"
+            raise GanpipeError(
+                f"{db} (tracking URI {uri}) is not {what} ({kind.split(': ', 1)[1]}); `ganpipe compare` only "
+                f"reads, so it leaves the file as it is. {_FIX}"
             )
     elif scheme in ("file", ""):
         folder = Path(parsed.path if scheme == "file" else uri)
@@ -74,7 +118,7 @@ def open_store(root: Path) -> str:
             raise GanpipeError(f"there is no MLflow store at {folder} (tracking URI {uri}). {_FIX}")
     else:
         tracking.check_store(uri)  # a server: fail fast when it is unreachable
-    mlflow.set_tracking_uri(uri)
+    tracking.use(uri)
     return uri
 
 
@@ -84,7 +128,8 @@ def _search(experiment_ids: list[str]) -> pd.DataFrame:
     frame = mlflow.search_runs(experiment_ids=experiment_ids, order_by=["attributes.start_time DESC"])
     # An experiment without runs comes back as a frame without columns; give it the ones used below.
     for column in ("run_id", "status", "tags.model", "tags.seed", "tags.collapse", "tags.mlflow.runName",
-                   "tags.dvc_exp_name", "experiment_id", "tags.mlflow.parentRunId"):
+                   "tags.dvc_exp_name", "tags.mlflow.parentRunId", "tags.replica", "tags.replica_seed",
+                   "experiment_id"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -116,9 +161,8 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
                 "Or pass --experiment with one of the names it holds."
             )
         frame = _search([exp.experiment_id])
-        # A training's parent run holds its evaluation; its per-replica child runs are not compared.
-        trainings = frame["tags.mlflow.parentRunId"].isna()
-        frame = frame[(frame["status"] == "FINISHED") & frame["tags.model"].notna() & trainings]
+        # Replica runs are shown under their training (the parent), not as trainings of their own.
+        frame = frame[(frame["status"] == "FINISHED") & frame["tags.model"].notna() & frame["tags.mlflow.parentRunId"].isna()]
     available = sorted(frame["tags.model"].dropna().unique())
     if models:
         frame = frame[frame["tags.model"].isin(models)]
@@ -136,21 +180,12 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
     return frame.assign(_seed=order).sort_values(["tags.model", "_seed"]).drop(columns="_seed")
 
 
-def _curves_run(client, row: pd.Series) -> str:
-    """The run holding the training curves: a training's replica-0 child run (the replica evaluated),
-    else the run itself (a child given with --runs, or a run from before replicas)."""
-    children = client.search_runs(
-        [str(row["experiment_id"])],
-        filter_string=f"tags.`mlflow.parentRunId` = '{row['run_id']}' and tags.replica = '0'",
-    )
-    return children[0].info.run_id if children else row["run_id"]
-
-
 def _history(client, run_id: str) -> pd.DataFrame:
     """The step metrics as one frame, outer-joined on step; a re-logged step keeps its last value."""
     series = []
     for key, column in HISTORY_KEYS.items():
-        points = client.get_metric_history(run_id, key)
+        # A run logged before the grouped names has the column's own name (d_loss, train_fld, ...).
+        points = client.get_metric_history(run_id, key) or client.get_metric_history(run_id, column)
         if points:
             s = pd.DataFrame([(m.step, m.timestamp, m.value) for m in points], columns=["step", "t", column])
             series.append(s.sort_values("t").drop_duplicates("step", keep="last").set_index("step")[column])
@@ -170,28 +205,71 @@ def _artifact(run_id: str, path: str) -> bytes | None:
             return None
 
 
-def fetch(row: pd.Series) -> RunData:
-    """Everything the comparison shows about one run."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    metrics = {
+def _eval_metrics(row: pd.Series) -> dict[str, float]:
+    """The run's final metrics without their prefix: eval/<key>, or eval_<key> from a run logged before the
+    grouped names (the grouped name wins when a run has both)."""
+    legacy = {
+        col.removeprefix(LEGACY_EVAL_PREFIX): float(v)
+        for col, v in row.items()
+        if col.startswith(LEGACY_EVAL_PREFIX) and pd.notna(v)
+    }
+    grouped = {
         col.removeprefix(EVAL_PREFIX): float(v)
         for col, v in row.items()
         if col.startswith(EVAL_PREFIX) and pd.notna(v)
     }
-    evaluation = _artifact(row["run_id"], "evaluation/evaluation.json")
-    evidence = json.loads(evaluation)["collapse"]["evidence"] if evaluation else []
+    return {**legacy, **grouped}
+
+
+def _evidence(run_id: str) -> list[str]:
+    evaluation = _artifact(run_id, "evaluation/evaluation.json")
+    if not evaluation:
+        return []
+    document = json.loads(evaluation)
+    return document["collapse"]["evidence"] if "collapse" in document else []
+
+
+def _children(parent_id: str, experiment_id: str) -> list[ReplicaData]:
+    """The parent's nested replica runs, by replica index."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    frame = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    out = []
+    for _, row in frame.iterrows():
+        tags = {c.removeprefix("tags."): v for c, v in row.items() if c.startswith("tags.") and isinstance(v, str)}
+        collapse = tags.get("collapse") or ("diverged" if row["status"] == "FAILED" else "not evaluated")
+        out.append(ReplicaData(
+            index=int(tags.get("replica", len(out))),
+            run_id=row["run_id"],
+            seed=tags.get("replica_seed", ""),
+            metrics=_eval_metrics(row),
+            collapse=collapse,
+            evidence=_evidence(row["run_id"]) if collapse not in ("none", "diverged", "not evaluated") else [],
+            grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png"),
+            history=_history(client, row["run_id"]),
+        ))
+    return sorted(out, key=lambda r: r.index)
+
+
+def fetch(row: pd.Series) -> RunData:
+    """Everything the comparison shows about one training: its own run and, if it has them, its replicas."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    children = _children(row["run_id"], row["experiment_id"]) if isinstance(row.get("experiment_id"), str) else []
+    single = not children  # an old run: its own evaluation, grid and history are the replica's
     return RunData(
         run_id=row["run_id"],
         model=row["tags.model"] if isinstance(row["tags.model"], str) else "unknown",
         seed=str(row["tags.seed"]),
         name=str(row["tags.mlflow.runName"] or ""),
-        metrics=metrics,
+        metrics=_eval_metrics(row),
         collapse=row["tags.collapse"] if isinstance(row["tags.collapse"], str) else "not evaluated",
-        evidence=evidence,
-        grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png"),
-        history=_history(client, _curves_run(client, row)),
+        evidence=_evidence(row["run_id"]) if single else [],
+        grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png") if single else None,
+        history=_history(client, row["run_id"]) if single else pd.DataFrame({"step": []}),
+        children=children,
         dvc_exp=row["tags.dvc_exp_name"] if isinstance(row["tags.dvc_exp_name"], str) else "",
         url=tracking.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
     )

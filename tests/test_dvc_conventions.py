@@ -1,0 +1,30 @@
+"""dvc.yaml keeps the conventions that make DVC's run cache and `dvc checkout` work (no DVC run needed)."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_every_output_but_metrics_is_cached_so_every_stage_is_run_cached():
+    # DVC skips its run cache for a stage with any `cache: false` output that is not a metric or plot,
+    # and `dvc checkout` cannot bring such a file back.
+    for name, stage in stages().items():
+        for out in stage.get("outs", []):
+            if isinstance(out, dict):
+                (path, options), = out.items()
+                assert (options or {}).get("cache", True), f"stage {name}: {path} has cache: false"
+        assert not any(isinstance(o, dict) and (list(o.values())[0] or {}).get("persist") for o in stage.get("outs", []))
+
+
+def test_every_stage_waits_for_the_params_check():
+    for name, stage in stages().items():
+        if name != "check_params":
+            assert "outputs/params_check.txt" in stage["deps"], name
+    check = stages()["check_params"]
+    assert check["params"] == [{"params.yaml": None}] and check["outs"] == ["outputs/params_check.txt"]

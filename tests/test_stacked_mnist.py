@@ -1,0 +1,213 @@
+"""Stacked MNIST: the builder, the 1,000-mode counter on real stacked digits, and bad sample files.
+
+Real MNIST from the mirror and the `instrument` fixture's evaluator (about 98% accurate); no mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.common.errors import GanpipeError
+from pipeline.data import stacked_mnist
+from pipeline.instrument import samples_file
+from pipeline.instrument.metrics import modes
+from pipeline.instrument.stacked import channel_digits, evaluate_stacked, real_mode_baseline
+
+from .conftest import REPO, tiny_params
+
+
+def test_the_builder_is_deterministic_and_each_channel_label_matches_its_image(mnist):
+    a = stacked_mnist.build(mnist.y_train, 5000, seed=3)
+    b = stacked_mnist.build(mnist.y_train, 5000, seed=3)
+    other = stacked_mnist.build(mnist.y_train, 5000, seed=4)
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.digits, b.digits)
+    assert not np.array_equal(a.indices, other.indices)
+    assert a.indices.shape == (5000, 3) and a.indices.dtype == np.int32 and a.digits.dtype == np.uint8
+    # a prefix of a bigger set is the smaller set: channel draws do not depend on the size asked for
+    assert np.array_equal(stacked_mnist.build(mnist.y_train, 100, seed=3).indices, a.indices[:100])
+
+    pixels = stacked_mnist.materialise(mnist.x_train, a.indices)
+    assert pixels.shape == (5000, 3, 28, 28) and pixels.dtype == np.uint8
+    for c in range(3):
+        assert np.array_equal(pixels[:, c], mnist.x_train[a.indices[:, c]])
+        assert np.array_equal(a.digits[:, c], mnist.y_train[a.indices[:, c]])
+    # channels are independent draws: they almost never pick the same image
+    assert (a.indices[:, 0] == a.indices[:, 1]).mean() < 0.001
+
+
+def test_the_papers_128k_set_covers_all_1000_triples_nearly_evenly(mnist, tmp_path):
+    stacked = stacked_mnist.build(mnist.y_train, 128000, seed=0)
+    counts = np.bincount(stacked.modes, minlength=1000)
+    assert (counts > 0).all()
+    assert modes.mode_kl(counts) < 0.02  # MNIST's uneven digit shares and sampling noise only
+    stacked_mnist.save(tmp_path / "s.npz", stacked)
+    assert (tmp_path / "s.npz").stat().st_size < 3_000_000  # index triples, not 300 MB of pixels
+    again = stacked_mnist.load(tmp_path / "s.npz")
+    assert np.array_equal(again.indices, stacked.indices) and np.array_equal(again.digits, stacked.digits)
+
+
+def test_mode_kl_and_count_on_known_histograms():
+    one_mode = np.zeros(1000, int)
+    one_mode[407] = 26000
+    assert modes.modes_captured(one_mode) == 1
+    assert modes.mode_kl(one_mode) == pytest.approx(math.log(1000))
+    even = np.full(1000, 26)
+    assert modes.modes_captured(even) == 1000 and modes.mode_kl(even) == pytest.approx(0.0, abs=1e-12)
+    assert stacked_mnist.mode_ids(np.array([[4, 0, 7], [0, 0, 0], [9, 9, 9]])).tolist() == [407, 0, 999]
+
+
+def test_channel_digits_reads_each_channel_in_order(instrument, small_mnist):
+    model, ref = instrument
+    stacked = stacked_mnist.build(small_mnist.y_test, 600, seed=1)
+    read = channel_digits(model, stacked_mnist.materialise(small_mnist.x_test, stacked.indices))
+    # the same digits as classifying each test image once and looking them up
+    assert np.array_equal(read, ref.test_predicted[stacked.indices])
+    assert (read == stacked.digits).mean() > 0.9  # the small evaluator reads ~94-98% of digits right
+
+
+def test_real_stacked_test_triples_capture_nearly_all_modes_with_kl_near_zero(instrument):
+    _, ref = instrument
+    real = real_mode_baseline(ref, 26000)  # the papers' sample count, read by the evaluator
+    assert real["modes_captured"] >= 995
+    assert real["mode_kl"] < 0.05  # sampling noise (~999 / 52000 = 0.019) plus classifier error
+
+
+def test_samples_of_k_distinct_triples_count_k_modes_up_to_classifier_error(instrument, small_mnist):
+    model, _ = instrument
+    rng = np.random.default_rng(5)
+    planted = rng.choice(1000, size=37, replace=False)
+    triples = np.stack([planted // 100, planted // 10 % 10, planted % 10], axis=1)[rng.integers(0, 37, 2000)]
+    by_digit = [np.flatnonzero(small_mnist.y_test == d) for d in range(10)]
+    indices = np.array([[rng.choice(by_digit[d]) for d in row] for row in triples])
+    read = channel_digits(model, stacked_mnist.materialise(small_mnist.x_test, indices))
+    counts = modes.mode_counts(read)
+    misread = (stacked_mnist.mode_ids(read) != stacked_mnist.mode_ids(triples)).sum()
+    assert misread < 0.25 * len(read)  # three digits per sample, each read right ~94-98% of the time
+    captured = set(np.flatnonzero(counts))
+    assert set(planted) <= captured  # every planted triple is found (about 54 samples each)
+    assert len(captured) - 37 <= misread  # extra modes come only from misread samples
+    planted_kl = modes.mode_kl(modes.mode_counts(triples))
+    assert planted_kl == pytest.approx(math.log(1000 / 37), abs=0.05)  # 37 modes, nearly even
+    # misread samples scatter into other modes, which can only make the histogram more even
+    assert planted_kl - 1.0 < modes.mode_kl(counts) <= planted_kl
+
+
+def test_evaluating_real_stacked_samples_reports_modes_and_per_channel_mnist_metrics(instrument, small_mnist):
+    from pipeline.common.params import EvaluateParams
+    from pipeline.instrument.calibration import calibrate
+
+    model, ref = instrument
+    settings = EvaluateParams.model_validate(tiny_params()["evaluate"])
+    calibration = calibrate(ref, settings, seed=0)
+    stacked = stacked_mnist.build(small_mnist.y_test, 3000, seed=2)
+    images = stacked_mnist.materialise(small_mnist.x_test, stacked.indices)
+    result = evaluate_stacked(images, model, ref, calibration, settings, seed=0)
+    assert result["n_samples"] == 3000 and result["channel_samples"] == settings.n_samples
+    assert 900 <= result["modes_captured"] <= 1000 and result["mode_kl"] < 0.5
+    assert len(result["mode_counts"]) == 1000 and sum(result["mode_counts"]) == 3000
+    assert [ch["n_samples"] for ch in result["channels"]] == [settings.n_samples] * 3
+    assert all(ch["class_coverage"] == 10 for ch in result["channels"])
+    assert result["class_coverage"] == 10 and result["fld"] >= 0
+    assert result["collapse"]["detected"] is False, result["collapse"]["evidence"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "hint"),
+    [
+        ((8, 28, 28, 3), "channels-last? move the channel axis"),
+        ((8, 28, 28), "look like plain MNIST samples"),
+        ((8, 2, 28, 28), "not (N, 3, 28, 28)"),
+        ((0, 3, 28, 28), "not (N, 3, 28, 28)"),
+    ],
+)
+def test_a_stacked_file_of_the_wrong_shape_is_refused_by_the_cli_in_one_paragraph(shape, hint, tmp_path):
+    path = tmp_path / "samples.npz"
+    np.savez(path, images=np.zeros(shape, np.uint8))
+    result = CliRunner().invoke(
+        app, ["evaluate", "--dataset", "stacked-mnist", "--samples", str(path), "--params", str(REPO / "params.yaml")]
+    )
+    assert result.exit_code == 2
+    assert hint in result.output and "(N, 3, 28, 28)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_stacked_values_and_labels_are_checked(tmp_path):
+    path = tmp_path / "s.npz"
+    np.savez(path, images=np.full((4, 3, 28, 28), 2.0, np.float32))
+    with pytest.raises(GanpipeError, match=r"outside \[0, 1\].*stacked-mnist"):
+        samples_file.load_stacked(path)
+    np.savez(path, images=np.zeros((4, 3, 28, 28), np.uint8), labels=np.arange(4))
+    with pytest.raises(GanpipeError, match="unconditional"):
+        samples_file.load_stacked(path)
+    np.savez(path, images=np.full((4, 3, 28, 28), 255, np.uint8))
+    loaded = samples_file.load_stacked(path)
+    assert loaded.shape == (4, 3, 28, 28) and loaded.dtype == np.float32 and loaded.max() == 1.0
+
+
+# --- training on Stacked MNIST -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["vanilla", "pacdcgan2"])
+def test_a_few_iterations_train_3_channel_nets_whose_samples_the_counter_reads(preset, instrument, small_mnist, tmp_path):
+    import torch
+
+    from pipeline.common.params import load_params
+    from pipeline.data.training_set import training_rows
+    from pipeline.gan import sampling
+    from pipeline.gan.generator_file import load_generators, save_generators
+    from pipeline.gan.trainer import Trainer
+    from pipeline.instrument.stacked import quick_modes
+
+    model, _ = instrument
+    variant = load_params(REPO / "params.yaml").variants[preset]
+    stacked = stacked_mnist.build(small_mnist.y_train, 2000, seed=0)
+    rows, labels = training_rows(small_mnist, torch.device("cpu"), stacked)
+    assert rows.shape == (2000, 3 * 784) and rows[torch.tensor([5])].shape == (1, 3 * 784)
+    trainer = Trainer(variant, rows, labels, [11, 12])
+    trainer.advance(3)
+    assert set(trainer.read_losses()) == {0, 1}
+    generators = [trainer.replica_generator(r) for r in (0, 1)]
+    save_generators(tmp_path / "g.pt", generators, variant, [11, 12], [None, None], channels=3)
+    loaded, _ = load_generators(tmp_path / "g.pt")
+    images = sampling.sample(loaded[1].generator, 50, seed=0)
+    assert images.shape == (50, 3, 28, 28)
+    assert np.array_equal(images, sampling.sample(generators[1], 50, seed=0))
+    assert sampling.sample_grid(loaded[0].generator, seed=0).shape[2:] == (3,)  # a colour grid
+    quick = quick_modes(model, images)
+    assert 1 <= quick["modes_captured"] <= 50 and 0 <= quick["mode_kl"] <= math.log(1000)
+
+
+def test_a_conditional_preset_is_refused_for_stacked_mnist():
+    from pipeline.data.training_set import check
+
+    with pytest.raises(GanpipeError, match="no single label"):
+        check("stacked-mnist", "cgan", conditional=True)
+    check("mnist", "cgan", conditional=True)  # fine on MNIST
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_on_stacked_mnist_reports_modes_in_metrics_and_mlflow(tmp_path, shared_cache):
+    from .conftest import dvc, new_repo, runs
+
+    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    dvc(repo, "exp", "run", "-S", "dataset=stacked-mnist", "-S", "model=dcgan", timeout=1200)
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 1 <= metrics["modes_captured"] <= 1000 and 0 <= metrics["mode_kl"] <= math.log(1000) + 1e-9
+    assert metrics["real_modes_captured"] > 550  # 1,000 real samples over 1,000 modes: about 632 expected
+    assert "fld" in metrics and "class_coverage" in metrics
+    with np.load(repo / "outputs/evaluate/samples.npz") as f:
+        assert f["images"].shape == (1000, 3, 28, 28)
+    histogram = (repo / "outputs/evaluate/mode_histogram.csv").read_text().splitlines()
+    assert histogram[0].startswith("mode,samples,uniform") and len(histogram) == 1 + 1000
+    assert (repo / "reports/report.html").is_file()
+    parent = [r for r in runs(repo) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].data.params["dataset"] == "stacked-mnist"
+    assert parent[0].data.metrics["eval/modes_captured"] == metrics["modes_captured"]
+    children = [r for r in runs(repo) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
