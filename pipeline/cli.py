@@ -15,7 +15,25 @@ from pipeline.instrument.sample_count import MAX_SAMPLES
 
 MAX_GRID = 10_000  # a 100 x 100 grid of 28-pixel digits is already 2,800 pixels square
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode="markdown")
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ganpipe {version('ganpipe')}")
+        except PackageNotFoundError:  # run from a checkout without `pip install -e .`
+            typer.echo("ganpipe (not installed; run from a source checkout)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """The ganpipe command line: evaluate any sample file, draw from a trained generator, compare runs."""
 
 
 def _fail(exc: GanpipeError) -> None:
@@ -28,7 +46,13 @@ def _root() -> Path:
     return repo_root()
 
 
-@app.command()
+@app.command(epilog="""**Examples**
+
+`ganpipe evaluate --samples outputs/evaluate/samples.npz`
+
+`ganpipe evaluate --samples my_gan.npz --out my_gan.json 2> verdict.txt`
+
+The JSON goes to stdout; a one-line verdict goes to stderr.""")
 def evaluate(
     samples: Path = typer.Option(..., "--samples", help="An .npz with `images` (and optional `labels`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
@@ -40,8 +64,8 @@ def evaluate(
         MAX_SAMPLES, "--max-samples", min=1, help="Refuse files with more images than this (memory and time grow with it)."
     ),
 ) -> None:
-    """Run the mode-collapse instrument on a sample file; print one JSON object."""
-    from pipeline.common import atomic
+    """Run the mode-collapse instrument on a sample file; print one JSON object (and a verdict line on stderr)."""
+    from pipeline.common import atomic, views
 
     try:
         if out:
@@ -53,6 +77,7 @@ def evaluate(
     if out:
         atomic.write_text(out, text + "\n")
     typer.echo(text)
+    stderr.print(views.verdict_line(result), highlight=False, soft_wrap=True, markup=False)
 
 
 def evaluate_file(samples: Path, params_file: Path, dataset: str = "mnist", max_samples: int = MAX_SAMPLES) -> dict:
@@ -62,7 +87,7 @@ def evaluate_file(samples: Path, params_file: Path, dataset: str = "mnist", max_
     from pipeline.instrument.sample_count import minimum_samples
     from pipeline.common import layout
     from pipeline.instrument.calibration import calibrate, check_pool
-    from pipeline.instrument.evaluation import evaluate_images
+    from pipeline.instrument.evaluation import evaluate_beyond_pool, evaluate_images
     from pipeline.common.params import load_params
 
     root = _root()
@@ -86,41 +111,63 @@ def evaluate_file(samples: Path, params_file: Path, dataset: str = "mnist", max_
             "the verdict calls a digit missing), so collapse could not be told from chance. Draw at least "
             f"{fewest} samples from your generator (e.g. `ganpipe sample --n {max(fewest, 1000)} --out samples.npz`)."
         )
+    # Real baselines exist for at most half the unseen pool (calibration.py); a larger file is measured in
+    # full and judged on a random subset of that size (evaluation.evaluate_beyond_pool).
+    judged = min(len(images), ref.n_pool // 2)
     cal_path = root / layout.CALIBRATION
     calibration = json.loads(cal_path.read_text()) if cal_path.is_file() else None
     if calibration is not None and "baseline" not in calibration:
         calibration = None  # made by an older ganpipe, from in-sample real subsets: recalibrate honestly
-    if calibration is None or calibration["n_samples"] != len(images):
+    if calibration is None or calibration["n_samples"] != judged:
         # Thresholds depend on the sample count; calibrate for this count on a few real subsets.
         settings = params.evaluate.model_copy(
-            update={"n_samples": len(images), "calibration_subsets": min(5, params.evaluate.calibration_subsets)}
+            update={"n_samples": judged, "calibration_subsets": min(5, params.evaluate.calibration_subsets)}
         )
-        check_pool(ref, len(images))  # refuse an n the real baseline cannot support before any work
+        check_pool(ref, judged)
         start = time.perf_counter()
-        with stderr.status(f"calibrating the verdict for {len(images)} samples on real data"):
+        with stderr.status(f"calibrating the verdict for {judged} samples on real data"):
             calibration = calibrate(ref, settings, params.evaluator.seed)
-        stderr.print(f"calibrated the verdict for {len(images)} samples in {time.perf_counter() - start:.0f} s")
+        stderr.print(f"calibrated the verdict for {judged} samples in {time.perf_counter() - start:.0f} s")
     else:
-        settings = params.evaluate
+        settings = params.evaluate.model_copy(update={"n_samples": judged})
     if dataset == "stacked-mnist":
         from pipeline.instrument.stacked import evaluate_stacked
 
         with stderr.status(f"measuring {len(images)} stacked samples"):
             return evaluate_stacked(images, classifier, ref, calibration, settings, params.evaluator.seed)
     start = time.perf_counter()
-    with stderr.status(f"measuring {len(images)} samples"):
-        result = evaluate_images(images, labels, classifier, ref, calibration, settings, params.evaluator.seed)
+    if len(images) > judged:
+        stderr.print(
+            f"{len(images)} samples: every metric uses all of them; the verdict judges a random {judged}, the most "
+            f"that real data can calibrate (half the {ref.n_pool} unseen real images)", highlight=False
+        )
+        with stderr.status("") as status:
+            result = evaluate_beyond_pool(
+                images, labels, classifier, ref, calibration, settings, params.evaluator.seed,
+                phase=lambda text: status.update(text),
+            )
+    else:
+        with stderr.status(f"measuring {len(images)} samples"):
+            result = evaluate_images(images, labels, classifier, ref, calibration, settings, params.evaluator.seed)
     stderr.print(f"measured {len(images)} samples in {time.perf_counter() - start:.0f} s")
     return result
 
 
-@app.command()
+@app.command(epilog="""**Examples**
+
+`ganpipe sample --digit 7 --out sevens.png` (the workspace's conditional generator)
+
+`ganpipe sample --exp wgan-tiny --n 1000 --out wgan.npz` (a DVC experiment, as `dvc exp ls` names it)
+
+`ganpipe sample --run-id 3f2a... --out grid.png` (an MLflow run's logged generator)""")
 def sample(
     digit: Optional[int] = typer.Option(None, "--digit", min=0, max=9, help="The digit to draw (conditional models)."),
     n: int = typer.Option(100, "--n", min=1, help="How many images."),
     seed: int = typer.Option(0, "--seed", help="Noise seed."),
     out: Path = typer.Option(Path("samples.png"), "--out", help="A .png grid or an .npz of images."),
     generator_path: Optional[Path] = typer.Option(None, "--generator", help="Default: the pipeline's trained generator."),
+    exp: Optional[str] = typer.Option(None, "--exp", help="Draw from this DVC experiment's generator (a name from `dvc exp ls`, or a git revision)."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Draw from this MLflow run's logged generator (a training's parent run: its --replica child)."),
     max_samples: int = typer.Option(MAX_SAMPLES, "--max-samples", min=1, help="Refuse --n above this (memory grows with it)."),
     replica: int = typer.Option(0, "--replica", min=0, help="Which trained replica to draw from (0 to replicas - 1)."),
 ) -> None:
@@ -130,7 +177,7 @@ def sample(
     import numpy as np
 
     from pipeline.common import atomic, layout
-    from pipeline.gan import sampling
+    from pipeline.gan import sampling, sources
     from pipeline.reports.figures import save_png
     from pipeline.gan.generator_file import load_generator
 
@@ -144,8 +191,16 @@ def sample(
             )
         if out.suffix == ".png" and n > MAX_GRID:
             raise GanpipeError(f"--n {n:,} is too many for a .png grid (at most {MAX_GRID:,}); write an .npz instead.")
+        chosen = [o for o, v in (("--generator", generator_path), ("--exp", exp), ("--run-id", run_id)) if v]
+        if len(chosen) > 1:
+            raise GanpipeError(f"{' and '.join(chosen)} each choose a generator; pass only one of them.")
         atomic.check_writable(out)
-        generator, variant = load_generator(generator_path or _root() / layout.GENERATOR, replica)
+        if exp:
+            generator, variant = sources.from_experiment(_root(), exp, replica)
+        elif run_id:
+            generator, variant = sources.from_mlflow_run(_root(), run_id, replica)
+        else:
+            generator, variant = load_generator(generator_path or _root() / layout.GENERATOR, replica)
         if digit is not None and not variant.conditional:
             raise GanpipeError(
                 f"--digit needs a conditional generator, but this one was trained as an unconditional "
@@ -173,7 +228,13 @@ def _split(values: Optional[list[str]]) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-@app.command()
+@app.command(epilog="""**Examples**
+
+`ganpipe compare` (the latest run of every model and seed; writes reports/comparison.html)
+
+`ganpipe compare --models vanilla,wgan --out-dir /tmp/cmp`
+
+`ganpipe compare --runs 3f2a...,9c1b...`""")
 def compare(
     runs: Optional[list[str]] = typer.Option(
         None, "--runs", help="MLflow run ids to compare (default: the latest finished run of each model and seed)."

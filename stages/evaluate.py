@@ -2,11 +2,12 @@
 replicas as a collapse rate with its interval and medians."""
 
 import json
+from typing import Any
 
 import numpy as np
 
-from pipeline.common import atomic, layout, replica_tracking, tables, tracking
-from pipeline.common.console import run_main, stderr
+from pipeline.common import atomic, layout, replica_tracking, tables, tracking, views
+from pipeline.common.console import StageProgress, quiet_mlflow, run_main
 from pipeline.common.errors import GanpipeError
 from pipeline.common.params import load_params
 from pipeline.gan import sampling
@@ -20,6 +21,19 @@ from pipeline.instrument.evaluation import (
 from pipeline.instrument.rates import rate_of
 from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_document, replica_rows
 from pipeline.reports.figures import save_png
+
+
+def collapse_kind_metrics(outcomes: list[ReplicaOutcome]) -> dict[str, Any]:
+    """`collapse_kind` / `collapse_code` for `dvc exp show`: the verdict kind of the median replica, i.e. the
+    median of the evaluated replicas' kind codes (0 none < 1 intra < 2 inter < 3 both; with an even count the
+    lower middle one, so a tie between clean and collapsed reads as the milder kind). No replica evaluated:
+    "diverged" with code -1."""
+    codes = sorted(views.KIND_CODES[o.result["collapse"]["kind"]] for o in outcomes if o.result is not None)
+    if not codes:
+        return {"collapse_kind": "diverged", "collapse_code": -1}
+    code = codes[(len(codes) - 1) // 2]
+    kind = next(k for k, c in views.KIND_CODES.items() if c == code)
+    return {"collapse_kind": kind, "collapse_code": code}
 
 
 def main() -> None:
@@ -42,26 +56,31 @@ def main() -> None:
     # first evaluate.n_samples of them (the size the verdict is calibrated for).
     n = params.stacked_mnist.eval_samples if is_stacked else params.evaluate.n_samples
     outcomes, grids, samples = [], {}, {}
-    for rep in replicas:
-        if rep.generator is None:
-            outcomes.append(ReplicaOutcome(rep.index, rep.seed, None, None, rep.diverged))
-            continue
-        # Replica r's evaluation samples come from its own (seed, r) stream, so they do not depend on R.
-        sample_seed = replica_seed(params.seed, rep.index)
-        labels = requested_labels(n, sample_seed, ref) if variant.conditional else None
-        with stderr.status(f"replica {rep.index}: sampling and measuring {n} images"):
+    live = sum(rep.generator is not None for rep in replicas)
+    # One step per live replica (sample and measure); without a terminal each is one plain log line.
+    progress = StageProgress(f"evaluate {params.model} x{live} ({n} samples each)", live)
+    with quiet_mlflow(), progress as bar:
+        for rep in replicas:
+            if rep.generator is None:
+                outcomes.append(ReplicaOutcome(rep.index, rep.seed, None, None, rep.diverged))
+                continue
+            # Replica r's evaluation samples come from its own (seed, r) stream, so they do not depend on R.
+            sample_seed = replica_seed(params.seed, rep.index)
+            labels = requested_labels(n, sample_seed, ref) if variant.conditional else None
             images = sampling.to_uint8(sampling.sample(rep.generator, n, seed=sample_seed, labels=labels))
             if is_stacked:
                 result = stacked.evaluate_stacked(images, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
             else:
                 result = evaluate_images(images, labels, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
-        own_curve = curve[curve["replica"] == rep.index] if curve is not None and "replica" in curve else curve
-        result["first_full_coverage_iteration"] = first_full_coverage_step(own_curve)
-        result["first_collapse_iteration"] = first_collapse_step(own_curve)
-        # Every replica's grid uses the same fixed noise, so grids differ only by what the replicas learnt.
-        grids[rep.index] = sampling.sample_grid(rep.generator, params.seed + GRID_SEED_OFFSET)
-        samples.setdefault("first", (images, labels))
-        outcomes.append(ReplicaOutcome(rep.index, rep.seed, sample_seed, result))
+            own_curve = curve[curve["replica"] == rep.index] if curve is not None and "replica" in curve else curve
+            result["first_full_coverage_iteration"] = first_full_coverage_step(own_curve)
+            result["first_collapse_iteration"] = first_collapse_step(own_curve)
+            # Every replica's grid uses the same fixed noise, so grids differ only by what the replicas learnt.
+            grids[rep.index] = sampling.sample_grid(rep.generator, params.seed + GRID_SEED_OFFSET)
+            samples.setdefault("first", (images, labels))
+            outcomes.append(ReplicaOutcome(rep.index, rep.seed, sample_seed, result))
+            bar.update(len(outcomes) - sum(o.result is None for o in outcomes), replica=rep.index,
+                       fld=result["fld"], coverage=result["class_coverage"])
 
     document = evaluation_document(outcomes)
     evaluated = [o for o in outcomes if o.result is not None]
@@ -84,11 +103,15 @@ def main() -> None:
         tables.write_csv(layout.MODE_HISTOGRAM, stacked.histogram_rows([o.result for o in evaluated]))
     else:  # declared in dvc.yaml for every dataset; MNIST has no digit triples to count
         atomic.write_text(layout.MODE_HISTOGRAM, "mode,samples,uniform\n")
+    document["summary"].update(collapse_kind_metrics(outcomes))
     atomic.write_json(layout.EVALUATION, document)
     atomic.write_json(layout.EVALUATE_METRICS, document["summary"])
 
     run_info = json.loads(layout.RUN_INFO.read_text())
-    replica_tracking.log_evaluation(layout.repo_root(), run_info, params.model, params.seed, outcomes, grids, document)
+    with quiet_mlflow():
+        replica_tracking.log_evaluation(
+            layout.repo_root(), run_info, params.model, params.seed, outcomes, grids, document, calibration
+        )
     rate = rate_of(o.collapsed for o in outcomes)
     print(f"collapse in {rate.describe()} replicas")
     for o in outcomes:

@@ -42,11 +42,13 @@ def main() -> None:
             for path in layout.REPLICA_GRIDS.glob("replica_*.png")
         },
         class_histogram=tables.read_csv(layout.CLASS_HISTOGRAM),
+        # Every replica's curves in long format: the report states the WGAN claim per replica.
         losses=tables.read_csv(layout.LOSS_HISTORY),
         collapse_curve=tables.read_csv(layout.COLLAPSE_CURVE),
         neighbours=panel,
         run_id=run_id,
         evaluator_accuracy=float(ref.test_accuracy),
+        dvc_exp=tracking.identity_tags(params.model, params.seed)["dvc_exp_name"],
     )
     with stderr.status("drawing the report"):
         doc = run_report.build(inputs)

@@ -1,7 +1,9 @@
 """DVC stage: train R replicas of the variant named by `model`, tracked in MLflow, resumable after interruption."""
 
+import yaml
+
 from pipeline.common import atomic, layout, tables, tracking
-from pipeline.common.console import progress_bar, run_main
+from pipeline.common.console import StageProgress, quiet_mlflow, run_main
 from pipeline.common.params import load_params
 from pipeline.data import stacked_mnist, training_set
 from pipeline.data.mnist import load_prepared
@@ -19,23 +21,25 @@ def main() -> None:
     data = load_prepared(layout.PREPARED)
     stacked = stacked_mnist.load(layout.STACKED) if params.dataset == "stacked-mnist" else None
     classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
-    with progress_bar() as bar:
-        task = bar.add_task(f"train {params.model} x{params.replicas}", total=params.variant.iterations)
+    # Losses and checks beside the bar are the median over the live replicas.
+    with quiet_mlflow(), StageProgress(f"train {params.model} x{params.replicas}", params.variant.iterations) as bar:
         result = train_tracked(
-            params, root, data, classifier, ref, progress=lambda done, total: bar.update(task, completed=done),
+            params, root, data, classifier, ref, progress=lambda done, total, **latest: bar.update(done, **latest),
             stacked=stacked,
         )
     with tracking.run_outcome(result.run_id):  # interrupted while saving: KILLED, never FINISHED
         diverged = [result.diverged.get(r) for r in range(params.replicas)]
         channels = training_set.CHANNELS[params.dataset]
         save_generators(layout.GENERATOR, result.generators(), params.variant, result.seeds, diverged, channels)
-        tables.write_csv(layout.LOSS_HISTORY, result.losses)
-        tables.write_csv(layout.COLLAPSE_CURVE, result.collapse_curve)
+        atomic.write_text(layout.RESOLVED_VARIANT, yaml.safe_dump(params.variant.model_dump(mode="json"), sort_keys=False))
+        tables.write_long_and_replica0(layout.LOSS_HISTORY, layout.LOSS_HISTORY_PLOT, result.losses)
+        tables.write_long_and_replica0(layout.COLLAPSE_CURVE, layout.COLLAPSE_CURVE_PLOT, result.collapse_curve)
         atomic.write_json(layout.RUN_INFO, {"run_id": result.run_id, "replica_run_ids": result.replica_run_ids})
         # Only results go in the metrics file, so the same params and seed give an identical file; the
         # wall time, threads and device are logged to MLflow instead.
         atomic.write_json(layout.TRAIN_METRICS, train_metrics(result.final_losses, params.variant.iterations, diverged))
-        finish_run(result, params.variant.iterations)
+        with quiet_mlflow():
+            finish_run(result, params.variant.iterations)
     checkpoint_path(params, root).unlink(missing_ok=True)  # finished: nothing left to resume
     resumed = f" (resumed from iteration {result.resumed_from})" if result.resumed_from else ""
     lost = f"; {len(result.diverged)} diverged (see MLflow)" if result.diverged else ""

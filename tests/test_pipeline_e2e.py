@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -63,19 +64,26 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
         assert run.info.status == "FINISHED"
         replicas = 3 if name == "cgan" else 2
         assert run.data.tags["seed"] == "0" and run.data.tags["git_commit"] and run.data.tags["replicas"] == str(replicas)
-        assert "eval_fld" in run.data.metrics
+        assert "eval/fld" in run.data.metrics and "eval/collapse_rate" in run.data.metrics
+        assert run.data.tags["mlflow.note.content"].startswith("**")  # the description sums up the verdicts
         assert run.data.params["model"] == name
+        # only the trained variant's settings, grouped: no other preset is logged
+        assert not any(k.startswith("variants") for k in run.data.params), sorted(run.data.params)
+        assert {"variant/objective", "variant/lr", "train/log_every", "eval/n_samples"} <= set(run.data.params)
         artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         assert {"evaluation", "report"} <= artifacts, artifacts
         assert [c.data.tags["replica"] for c in children[name]] == [str(r) for r in range(replicas)]
-        for child in children[name]:  # each replica: its params, losses and sample grids
-            assert child.info.status == "FINISHED" and "d_loss" in child.data.metrics
+        for child in children[name]:  # each replica: its grouped params, losses and sample grids (step 0 first)
+            assert child.info.status == "FINISHED" and "train/d_loss" in child.data.metrics
+            assert "eval/fld" in child.data.metrics and "mlflow.note.content" in child.data.tags
             assert child.data.params["model"] == name and child.data.params["replica_seed"] == child.data.tags["replica_seed"]
+            assert {"variant/objective", "train/log_every", "eval/n_samples"} <= set(child.data.params)
             assert "images" in {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id)}
+    assert by_model["wgan"].data.params["variant/n_critic"] == "5"
     wgan_child = children["wgan"][0]
-    assert wgan_child.data.params["variants.wgan.n_critic"] == "5"
-    assert "w_estimate" in wgan_child.data.metrics
-    history = mlflow.MlflowClient().get_metric_history(wgan_child.info.run_id, "d_loss")
+    assert wgan_child.data.params["variant/n_critic"] == "5"
+    assert "train/w_estimate" in wgan_child.data.metrics
+    history = mlflow.MlflowClient().get_metric_history(wgan_child.info.run_id, "train/d_loss")
     assert len(history) == 60 // 20  # losses every log_every steps, never per step
     assert by_model["wgan"].data.tags["dvc_exp_name"] != "workspace"
     assert by_model["wgan"].info.run_name == f"{by_model['wgan'].data.tags['dvc_exp_name']}-wgan"
@@ -97,18 +105,36 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
     for child, row in zip(children["cgan"], table.itertuples()):
         child = mlflow.get_run(child.info.run_id)  # re-read: evaluation added to it after training
         assert child.data.tags["collapse"] == row.collapse
-        assert child.data.metrics["eval_fld"] == pytest.approx(row.fld, rel=1e-4)
+        assert child.data.metrics["eval/fld"] == pytest.approx(row.fld, rel=1e-4)
     cgan_parent = mlflow.get_run(by_model["cgan"].info.run_id).data
-    assert cgan_parent.metrics["collapse_rate"] == pytest.approx(metrics["collapse_rate"])
-    assert cgan_parent.metrics["collapse_rate_ci_hi"] == pytest.approx(metrics["collapse_rate_ci"][1])
+    assert cgan_parent.metrics["eval/collapse_rate"] == pytest.approx(metrics["collapse_rate"])
+    assert cgan_parent.metrics["eval/collapse_rate_ci_hi"] == pytest.approx(metrics["collapse_rate_ci"][1])
 
     # DVC's own views.
     assert "fld" in dvc(repo, "metrics", "show").stdout
     diff = dvc(repo, "params", "diff", "HEAD").stdout  # the workspace holds the cgan experiment
     assert "model" in diff and "vanilla" in diff and "cgan" in diff
+    assert "outputs/train/variant.yaml" in diff and "conditional" in diff  # the resolved preset, not just its name
+    kinds = {e["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["collapse_kind"] for e in experiments}
+    assert kinds <= {"none", "inter-class", "intra-class", "both"}
     dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "replica_2.png" in html and "Losses" in html and "FLD per replica" in html
+    # Every declared plot renders for every experiment: DVC's JSON parses, each vega spec holds data of
+    # all three revisions (the W-estimate only of the WGAN one, Stacked MNIST's modes of none), titles carry
+    # no quote characters.
+    names = [e["name"] for e in experiments]
+    shown = json.loads(dvc(repo, "plots", "diff", "HEAD", *names, "--json").stdout)
+    specs = {title: item["content"] for title, items in shown["data"].items() for item in items if item["type"] == "vega"}
+    assert len(specs) == 11, sorted(specs)
+    for title, spec in specs.items():
+        assert "'" not in json.dumps(spec["title"]), title
+        if "Stacked MNIST" in title:
+            continue
+        revs = {row["rev"] for row in spec["data"]["values"]}
+        assert len(revs) == (1 if "W-estimate" in title else 3), (title, revs)
+    allowed = {t for t in specs if "W-estimate" in t or "Stacked MNIST" in t}
+    assert {e["name"] for e in shown.get("errors", [])} <= allowed
 
     # `ganpipe compare` reads the trainings back: the cgan row is one training of three replicas.
     compared = subprocess.run(["ganpipe", "compare", "--out-dir", str(tmp_path / "comparison")], cwd=repo,
@@ -130,6 +156,24 @@ def test_repro_experiments_and_queue_land_in_the_repos_mlflow(tmp_path, shared_c
         cwd=repo, env=dvc_env(repo), check=True, capture_output=True,
     )
     assert (repo / "sevens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len([line for line in out.stderr.splitlines() if line.startswith("verdict: ")]) == 1  # beside the JSON
+    # The same generator three ways: the workspace (the cgan experiment), its DVC experiment, its MLflow run.
+    cgan_exp = next(e["name"] for e in experiments if e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"] == "cgan")
+    drawn = {}
+    for how, extra in {"workspace": [], "exp": ["--exp", cgan_exp], "run": ["--run-id", by_model["cgan"].info.run_id]}.items():
+        subprocess.run(["ganpipe", "sample", "--n", "20", "--out", f"{how}.npz", *extra],
+                       cwd=repo, env=dvc_env(repo), check=True, capture_output=True)
+        with np.load(repo / f"{how}.npz") as f:
+            drawn[how] = f["images"]
+    assert np.array_equal(drawn["workspace"], drawn["exp"]) and np.array_equal(drawn["workspace"], drawn["run"])
+    # Replica 1: from the experiment's generator file and from its own child run (a parent id gives replica 0).
+    for how, extra in {"exp r1": ["--exp", cgan_exp, "--replica", "1"],
+                       "run r1": ["--run-id", children["cgan"][1].info.run_id]}.items():
+        subprocess.run(["ganpipe", "sample", "--n", "20", "--out", f"{how}.npz", *extra],
+                       cwd=repo, env=dvc_env(repo), check=True, capture_output=True)
+        with np.load(repo / f"{how}.npz") as f:
+            drawn[how] = f["images"]
+    assert np.array_equal(drawn["exp r1"], drawn["run r1"]) and not np.array_equal(drawn["exp r1"], drawn["exp"])
 
     # Queued experiments run in temporary copies; their runs and artifacts must land in this repo.
     # Two at once (-j 2): both write to the same sqlite store concurrently.

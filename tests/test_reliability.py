@@ -98,7 +98,7 @@ def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(t
     children = child_runs(repo, wgan_run)
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     for child in children:  # each replica's run was reopened too, its history continued
-        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(child.info.run_id, "d_loss")]
+        steps = [m.step for m in mlflow.MlflowClient().get_metric_history(child.info.run_id, "train/d_loss")]
         assert max(steps) == 2000 and len(steps) == 2000 // 20
 
     # The same training without interruption gives the same weights, bit for bit: the checkpoint
@@ -220,7 +220,7 @@ def test_a_run_lands_on_a_real_mlflow_server_over_http(tmp_path, shared_cache, m
     (run,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     assert len(found) == 3  # the training's run and one nested run per replica
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "vanilla"
-    assert "eval_fld" in run.data.metrics
+    assert "eval/fld" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluation", "report"} <= artifacts
 

@@ -216,6 +216,8 @@ def test_tracked_training_resumes_into_its_runs_and_fails_only_the_diverged_repl
             with torch.no_grad():
                 trainer.critic.params["net.0.weight"][trainer.live.index(1), 0, 0] = float("inf")
 
+    # The resumed attempt runs under a new DVC experiment name: parent and children take it on.
+    monkeypatch.setenv("DVC_EXP_NAME", "resumed-exp")
     result = train_tracked(params, tmp_path, small_mnist, classifier, ref, trainer_hook=corrupt)
     assert result.resumed_from == 20 and result.run_id == first_parent
     assert list(result.diverged) == [1] and "replica 1 of model vanilla-ns diverged" in result.diverged[1]
@@ -223,7 +225,8 @@ def test_tracked_training_resumes_into_its_runs_and_fails_only_the_diverged_repl
 
     client = mlflow.MlflowClient()
     parent = client.get_run(result.run_id)
-    assert parent.info.run_name == "workspace-vanilla-ns" and parent.data.tags["replicas"] == "2"
+    assert parent.info.run_name == "resumed-exp-vanilla-ns" and parent.data.tags["replicas"] == "2"
+    assert parent.data.tags["dvc_exp_name"] == "resumed-exp"
     assert parent.info.status == "FINISHED"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
@@ -232,15 +235,16 @@ def test_tracked_training_resumes_into_its_runs_and_fails_only_the_diverged_repl
     assert sorted(by_replica) == [0, 1]
     assert [by_replica[r].info.run_id for r in range(2)] == result.replica_run_ids
     for r, child in by_replica.items():
-        assert child.info.run_name == f"workspace-vanilla-ns-r{r}"
+        assert child.info.run_name == f"resumed-exp-vanilla-ns-r{r}" and child.data.tags["dvc_exp_name"] == "resumed-exp"
+        assert child.data.params["variant/objective"] == "bce_logits" and child.data.params["replica"] == str(r)
         assert child.data.params["replica_seed"] == child.data.tags["replica_seed"] == str(result.seeds[r])
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "d_loss")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/d_loss")]
         assert steps[:2] == [20, 40]  # the resumed run continued the same history
     assert by_replica[1].info.status == "FAILED"
     assert "became NaN/Inf by generator iteration 60" in by_replica[1].data.tags["failure_reason"]
     child = by_replica[0]
-    assert child.info.status == "FINISHED" and np.isfinite(child.data.metrics["final_d_loss"])
-    assert client.get_metric_history(child.info.run_id, "train_fld")[-1].step == 60
+    assert child.info.status == "FINISHED" and np.isfinite(child.data.metrics["train/final_d_loss"])
+    assert client.get_metric_history(child.info.run_id, "train/fld")[-1].step == 60
     assert any(a.path == "images" for a in client.list_artifacts(child.info.run_id))  # its sample grids
     models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
     assert [m.source_run_id for m in models] == [result.replica_run_ids[0]]

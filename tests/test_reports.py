@@ -224,8 +224,8 @@ def workspace(tmp_path_factory, mnist, store):
         save_generators(layout.GENERATOR, [g if d is None else None for g, d in zip(generators, diverged)],
                         params.variant, seeds, diverged)
         losses, curve = _training_curves(np.arange(20, 420, 20), replicas=2)
-        tables.write_csv(layout.LOSS_HISTORY, losses.to_dict("records"))
-        tables.write_csv(layout.COLLAPSE_CURVE, curve.to_dict("records"))
+        tables.write_long_and_replica0(layout.LOSS_HISTORY, layout.LOSS_HISTORY_PLOT, losses.to_dict("records"))
+        tables.write_long_and_replica0(layout.COLLAPSE_CURVE, layout.COLLAPSE_CURVE_PLOT, curve.to_dict("records"))
         experiment_id = tracking.connect(ws)
         name, tags = tracking.run_identity(params.model, params.seed)
         children = []
@@ -288,18 +288,18 @@ def test_evaluation_reaches_each_replica_run_and_the_parent_in_mlflow(workspace)
         assert child.data.tags["mlflow.parentRunId"] == parent_id
         if r < 2:
             assert child.info.status == "FINISHED"
-            assert child.data.metrics["eval_fld"] == pytest.approx(document["replicas"][r]["fld"], rel=1e-5)
+            assert child.data.metrics["eval/fld"] == pytest.approx(document["replicas"][r]["fld"], rel=1e-5)
             assert child.data.tags["collapse"] == document["replicas"][r]["collapse"]["kind"]
             logged = {a.path for a in client.list_artifacts(child_id, "evaluation")}
             assert logged == {"evaluation/evaluation.json", "evaluation/sample_grid.png"}
         else:  # the diverged replica stays FAILED and is marked, never evaluated
             assert child.info.status == "FAILED" and child.data.tags["collapse"] == "diverged"
-            assert "eval_fld" not in child.data.metrics
+            assert "eval/fld" not in child.data.metrics
     parent = client.get_run(parent_id).data
     summary = document["summary"]
-    assert parent.metrics["collapse_rate"] == summary["collapse_rate"]
-    assert [parent.metrics["collapse_rate_ci_lo"], parent.metrics["collapse_rate_ci_hi"]] == summary["collapse_rate_ci"]
-    assert parent.metrics["eval_fld"] == summary["fld"] and parent.metrics["eval_fld_iqr"] == summary["fld_iqr"]
+    assert parent.metrics["eval/collapse_rate"] == summary["collapse_rate"]
+    assert [parent.metrics["eval/collapse_rate_ci_lo"], parent.metrics["eval/collapse_rate_ci_hi"]] == summary["collapse_rate_ci"]
+    assert parent.metrics["eval/fld"] == summary["fld"] and parent.metrics["eval/fld_iqr"] == summary["fld_iqr"]
     assert "collapse" not in parent.tags  # a parent has a rate, not one verdict
 
 
@@ -389,6 +389,48 @@ def test_report_markdown_links_figures_that_exist_and_all_is_logged_to_mlflow(wo
     assert "report/figures/sample_grid_r0.png" in {a.path for a in client.list_artifacts(run_id, "report/figures")}
 
 
+def test_verdict_reaches_the_report_the_run_descriptions_and_dvc_metrics(workspace):
+    """Quality beside diversity in the report; the collapse rate in the parent run's description and each
+    replica's verdict and evidence in its child run's; the kind as text and code in metrics/evaluate.json
+    (the median replica's kind); grouped eval/ metric names on parent and children."""
+    import mlflow
+
+    from pipeline.common import views
+    from pipeline.reports.glossary import fmt
+
+    ws, run_id = workspace
+    document = json.loads((ws / "outputs/evaluate/evaluation.json").read_text())
+    summary = document["summary"]
+    evaluated = [r for r in document["replicas"] if r["status"] == "evaluated"]
+    page = parse_page(ws / "reports" / "report.html")
+    assert f"mean confidence {fmt(summary['mean_confidence'])}" in page.all_text
+    assert ("Samples are mostly not digits" in page.all_text) == (summary["mean_confidence"] < 0.5)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(run_id)
+    description = parent.data.tags["mlflow.note.content"]
+    head = (f"**Mode collapse in {summary['collapsed']} of {summary['evaluated']} replicas**" if summary["collapsed"]
+            else f"**No mode collapse detected in {summary['evaluated']} replicas**")
+    assert description.startswith(head)
+    assert "- replica 2: diverged" in description
+    assert parent.data.metrics["eval/fld"] == pytest.approx(summary["fld"], rel=1e-5)
+    assert parent.data.metrics["eval/collapse_rate"] == pytest.approx(summary["collapse_rate"], rel=1e-5)
+    assert not any(k.startswith("eval_") for k in parent.data.metrics)
+    child_ids = json.loads((ws / "outputs/train/mlflow_run.json").read_text())["replica_run_ids"]
+    for replica in evaluated:
+        child = client.get_run(child_ids[replica["index"]])
+        text = child.data.tags["mlflow.note.content"]
+        verdict = replica["collapse"]
+        assert text.startswith("**Mode collapse: " if verdict["detected"] else "**No mode collapse")
+        assert all(f"- {line}" in text for line in verdict["evidence"])
+        assert child.data.metrics["eval/fld"] == pytest.approx(replica["fld"], rel=1e-5)
+        assert not any(k.startswith("eval_") for k in child.data.metrics)
+    dvc_metrics = json.loads((ws / "metrics/evaluate.json").read_text())
+    codes = sorted(views.KIND_CODES[r["collapse"]["kind"]] for r in evaluated)
+    median_code = codes[(len(codes) - 1) // 2]
+    assert dvc_metrics["collapse_code"] == median_code
+    assert views.KIND_CODES[dvc_metrics["collapse_kind"]] == median_code
+
+
 def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(workspace):
     """A conditional model's grid has row r = digit r, and its samples were asked to be a digit."""
     from pipeline.instrument import evaluator, reference
@@ -413,8 +455,8 @@ def test_cgan_report_labels_grid_rows_and_neighbours_with_the_digit_asked_for(wo
         calibration=json.loads((ws / "outputs/calibration/calibration.json").read_text()),
         replica_grids={0: (ws / "outputs/evaluate/grids/replica_0.png").read_bytes()},
         class_histogram=pd.read_csv(ws / "outputs/evaluate/class_histogram.csv"),
-        losses=pd.read_csv(ws / "outputs/train/losses.csv").drop(columns="w_estimate"),
-        collapse_curve=pd.read_csv(ws / "outputs/train/collapse_curve.csv"),
+        losses=pd.read_csv(ws / "outputs/train/losses_r0.csv").drop(columns="w_estimate"),
+        collapse_curve=pd.read_csv(ws / "outputs/train/collapse_curve_r0.csv"),
         neighbours=panel,
         evaluator_accuracy=0.97,
     )
@@ -520,8 +562,8 @@ def _log_training(root: Path, model: str, seed: int, kinds: list[str | None]) ->
                                   tags={**tags, "replica": str(r), "replica_seed": str(1000 * seed + r)}) as child:
                 metrics = tracking.MetricBuffer(child.info.run_id)
                 for step in range(40, 240, 40):
-                    metrics.add(step, {"d_loss": -1.0 / step, "g_loss": 0.7,
-                                       "train_fld": 1000.0 / step + r, "train_class_coverage": 10})
+                    metrics.add(step, tracking.metric_names(tracking.TRAIN, {
+                        "d_loss": -1.0 / step, "g_loss": 0.7, "fld": 1000.0 / step + r, "class_coverage": 10}))
                 metrics.flush()
                 children.append(child.info.run_id)
             if kind is None:
@@ -606,9 +648,33 @@ def test_comparison_shows_runs_that_were_never_evaluated():
     assert [r[header.index("verdict")] for r in page.body_rows("replicas")] == ["none", "not evaluated"]
     assert "No sample grid logged for r0 (none)" in page.all_text
     assert "No sample grid logged for r0 (not evaluated)" in page.all_text
-    assert "Not evaluated yet (no eval_* metrics): runs bbbbbbbb." in page.all_text
+    assert "Not evaluated yet (no eval/* metrics): runs bbbbbbbb." in page.all_text
     assert "untestable" in page.all_text  # two training checks are too few for a rank correlation
     assert "vanilla s0 (run bbbbbbbb)" in to_markdown(doc, "figures")
+
+
+def test_comparison_has_a_real_data_row_mean_confidence_and_where_each_run_lives():
+    from pipeline.reports import compare
+    from pipeline.reports.document import to_html, to_markdown
+    from pipeline.reports.store import RunData
+
+    calibration = {"subsets": 3, "n_samples": 400, "real": {
+        "fld": {"mean": 0.6}, "mean_confidence": {"mean": 0.99}, "class_coverage": {"mean": 10.0}}}
+    runs = [RunData("c" * 32, "wgan", "0", "wgan-tiny-wgan-s0", {"fld": 1440.0, "mean_confidence": 0.36,
+                    "class_coverage": 3.0}, "both", dvc_exp="wgan-tiny",
+                    history=pd.DataFrame({"step": [40, 80], "train_fld": [1400.0, 1440.0]}),
+                    url="http://127.0.0.1:5000/#/experiments/1/runs/" + "c" * 32)]
+    doc = compare.build(runs, "one run", calibration)
+    page = Page(to_html(doc))
+    assert not page.errors
+    header, rows = page.header("runs"), page.body_rows("runs")
+    assert [r[header.index("model")] for r in rows] == ["wgan", "real MNIST"]
+    assert [number(r[header.index("mean_confidence")]) for r in rows] == [0.36, 0.99]
+    assert rows[1][header.index("collapsed")] == "none (real data)"
+    assert rows[1][header.index("class_coverage")] == "10"  # by definition; calibration does not hold it
+    assert "dvc exp apply wgan-tiny" in page.all_text
+    assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/' + "c" * 32 + '">' in to_html(doc)
+    assert "[MLflow run cccccccc](http://127.0.0.1:5000/#/experiments/1/runs/" in to_markdown(doc, "figures")
 
 
 def _compare(*args: str):
@@ -635,7 +701,7 @@ def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, store, tm
     md = (out / "comparison.md").read_text()
     assert [row[2] for row in md_table_rows(md, "model", "seed", "run")] == expected
 
-    # The table holds the logged eval_ metrics (the median of one replica is its value).
+    # The table holds the logged eval/ metrics (the median of one replica is its value).
     header, rows = page.header("runs"), page.body_rows("runs")
     assert [number(r[header.index("fld")]) for r in rows] == [8.5, 120.0, 140.0, 30.0, 35.0]
     assert [r[header.index("replicas")] for r in rows] == ["1"] * 5

@@ -348,3 +348,27 @@ def test_a_write_into_an_unwritable_folder_names_the_folder_not_a_traceback(tmp_
             atomic.check_writable(target)
     finally:
         locked.chmod(0o700)
+
+
+def test_a_file_larger_than_real_data_can_calibrate_is_measured_whole_and_judged_on_a_calibrated_subset(
+    mnist, evaluator_root, monkeypatch
+):
+    """The test instrument's unseen pool is 12,000 images, so real baselines exist up to 6,000 samples. A file
+    of 8,000 is measured in full, judged on a random 6,000, and says so; real digits pass, and the same
+    count drawn from five digits only is still caught as inter-class collapse."""
+    import json
+
+    monkeypatch.setenv("DVC_ROOT", str(evaluator_root))
+    params = ["--params", str(evaluator_root / "params.yaml")]
+    real = write_npz(evaluator_root / "real.npz", images=mnist.x_test[:8000])
+    result = CliRunner().invoke(app, ["evaluate", "--samples", str(real), *params])
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["n_samples"] == 8000 and out["verdict_samples"] == 6000 and out["fld_real_at_n"] is None
+    assert not out["collapse"]["detected"], out["collapse"]
+    assert "judged on a random 6000 of 8000" in result.stderr
+    low = np.isin(mnist.y_train, [0, 1, 2, 3, 4])
+    half = write_npz(evaluator_root / "half.npz", images=mnist.x_train[low][:8000])
+    result = CliRunner().invoke(app, ["evaluate", "--samples", str(half), *params])
+    out = json.loads(result.stdout)
+    assert out["collapse"]["kind"] in ("inter-class", "both") and out["class_coverage"] == 5

@@ -208,6 +208,6 @@ def test_dvc_exp_run_on_stacked_mnist_reports_modes_in_metrics_and_mlflow(tmp_pa
     assert (repo / "reports/report.html").is_file()
     parent = [r for r in runs(repo) if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1 and parent[0].data.params["dataset"] == "stacked-mnist"
-    assert parent[0].data.metrics["eval_modes_captured"] == metrics["modes_captured"]
+    assert parent[0].data.metrics["eval/modes_captured"] == metrics["modes_captured"]
     children = [r for r in runs(repo) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2

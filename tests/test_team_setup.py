@@ -136,7 +136,7 @@ def test_two_clones_share_an_experiment_through_dvc_remotes_and_a_postgres_mlflo
     client = mlflow.MlflowClient(tracking_uri=team_server)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "wgan"
-    assert run.data.tags["dvc_exp_name"] == "alice-wgan" and "eval_fld" in run.data.metrics
+    assert run.data.tags["dvc_exp_name"] == "alice-wgan" and "eval/fld" in run.data.metrics
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: clients need no bucket access
     assert {"evaluation", "report"} <= {a.path for a in client.list_artifacts(run_id)}
     assert not (alice / "mlflow.db").exists() and not (bob / "mlflow.db").exists()

@@ -21,6 +21,13 @@ GENERATOR = TRAIN_DIR / "generator.pt"
 RUN_INFO = TRAIN_DIR / "mlflow_run.json"
 LOSS_HISTORY = TRAIN_DIR / "losses.csv"
 COLLAPSE_CURVE = TRAIN_DIR / "collapse_curve.csv"
+# Replica 0's rows of the two long-format CSVs, for `dvc plots`: DVC 3 draws one line per file and column
+# and has no group-by-column property, so the long files (all replicas interleaved) would draw a zigzag.
+LOSS_HISTORY_PLOT = TRAIN_DIR / "losses_r0.csv"
+COLLAPSE_CURVE_PLOT = TRAIN_DIR / "collapse_curve_r0.csv"
+# The preset `model` names, resolved: a params file for DVC (dvc.yaml top-level `params:`), so
+# `dvc params diff` and `dvc exp show` show objective, optimizer, lr, ... and not only the preset name.
+RESOLVED_VARIANT = TRAIN_DIR / "variant.yaml"
 
 EVALUATE_DIR = Path("outputs/evaluate")
 SAMPLES = EVALUATE_DIR / "samples.npz"

@@ -1,5 +1,6 @@
-"""The evaluation half of MLflow tracking for replicas: each replica's child run gets its eval_* metrics,
-verdict tag, evaluation and grid; the parent run gets the collapse rate, its interval and the medians.
+"""The evaluation half of MLflow tracking for replicas: each replica's child run gets its eval/… metrics,
+verdict tag and description, evaluation and grid; the parent run gets the collapse rate, its interval and
+the medians (eval/…) and a description summing up the replicas' verdicts.
 
 Child runs are written through MlflowClient, which never changes a run's status, so a diverged replica's
 child stays FAILED. When the store no longer holds a run (a new mlflow.db, or a generator restored from
@@ -19,18 +20,50 @@ from pipeline.instrument.replica_summary import ReplicaOutcome
 
 
 def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The parent's numbers: the rate and its interval unprefixed, every median/IQR as eval_<key>."""
+    """The parent's numbers, grouped under eval/: the rate (eval/collapse_rate), its interval
+    (eval/collapse_rate_ci_lo, eval/collapse_rate_ci_hi) and every median/IQR as eval/<key>."""
     out: dict[str, float] = {}
     for key, value in summary.items():
+        if value is None or isinstance(value, str):
+            continue  # collapse_kind is text: the parent carries it as its `collapse` tag
         if key == "collapse_rate_ci":
-            if value is not None:
-                out["collapse_rate_ci_lo"], out["collapse_rate_ci_hi"] = value
-        elif key == "collapse_rate":
-            if value is not None:
-                out["collapse_rate"] = value
-        elif value is not None:
-            out[f"eval_{key}"] = value
+            lo, hi = value
+            out[tracking.metric_name(tracking.EVAL, "collapse_rate_ci_lo")] = lo
+            out[tracking.metric_name(tracking.EVAL, "collapse_rate_ci_hi")] = hi
+        else:
+            out[tracking.metric_name(tracking.EVAL, key)] = value
     return out
+
+
+def child_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """One replica's numbers as its child run logs them: eval/<key>."""
+    return {tracking.metric_name(tracking.EVAL, k): float(v) for k, v in metrics_for_dvc(result).items()}
+
+
+def describe_replicas(summary: dict[str, Any], outcomes: list[ReplicaOutcome], exp_name: str = "") -> str:
+    """The parent run's description (markdown): the collapse rate, then one line per replica."""
+    n, k = summary["evaluated"], summary["collapsed"]
+    if not n:
+        head = "**No replica evaluated** (every replica diverged)"
+    elif k:
+        head = f"**Mode collapse in {k} of {n} replicas**"
+    else:
+        head = f"**No mode collapse detected in {n} replicas**"
+    lines = [head]
+    if summary.get("collapse_rate") is not None and summary.get("collapse_rate_ci"):
+        lo, hi = summary["collapse_rate_ci"]
+        lines += ["", f"collapse rate {summary['collapse_rate']:.2f} (95% Wilson interval {lo:.2f} to {hi:.2f})"]
+    lines += [""]
+    for o in outcomes:
+        if o.result is None:
+            lines.append(f"- replica {o.index}: diverged")
+        else:
+            r = o.result
+            lines.append(f"- replica {o.index}: {r['collapse']['kind']} · FLD {r['fld']:.1f} · "
+                         f"{r['class_coverage']:g} of 10 digits covered")
+    if exp_name and exp_name != "workspace":
+        lines += ["", f"DVC experiment `{exp_name}`: `dvc exp apply {exp_name}` restores its workspace."]
+    return "\n".join(lines)
 
 
 def _child_run(client, parent_id: str, experiment_id: str, known: list[str], o: ReplicaOutcome,
@@ -52,7 +85,8 @@ def _child_run(client, parent_id: str, experiment_id: str, known: list[str], o: 
 
 
 def log_evaluation(root: Path, run_info: dict[str, Any], model: str, seed: int, outcomes: list[ReplicaOutcome],
-                   grids: dict[int, np.ndarray], document: dict[str, Any]) -> str:
+                   grids: dict[int, np.ndarray], document: dict[str, Any],
+                   calibration: dict[str, Any] | None = None) -> str:
     """Log every replica's evaluation to its child run and the summary to the parent; return the parent id."""
     import mlflow
 
@@ -73,8 +107,10 @@ def log_evaluation(root: Path, run_info: dict[str, Any], model: str, seed: int, 
                 from mlflow.entities import Metric, RunTag
 
                 now = mlflow.utils.time.get_current_time_millis()
-                metrics = [Metric(f"eval_{k}", float(v), now, 0) for k, v in metrics_for_dvc(o.result).items()]
-                run_tags = [RunTag("collapse", o.result["collapse"]["kind"])]
+                metrics = [Metric(k, v, now, 0) for k, v in child_metrics(o.result).items()]
+                described = tracking.verdict_tags(o.result, model, seed, calibration or {})
+                run_tags = [RunTag("collapse", o.result["collapse"]["kind"]),
+                            *(RunTag(k, v) for k, v in described.items())]
                 tracking.retry_locked(lambda: client.log_batch(child_id, metrics=metrics, tags=run_tags))
                 tracking.retry_locked(lambda: client.log_dict(child_id, o.result, "evaluation/evaluation.json"))
                 tracking.retry_locked(
@@ -86,6 +122,8 @@ def log_evaluation(root: Path, run_info: dict[str, Any], model: str, seed: int, 
         mlflow.log_metrics(parent_metrics(summary))
         rate = f"{summary['collapsed']}/{summary['evaluated']}" if summary["evaluated"] else "none evaluated"
         # Not the `collapse` tag: that holds one replica's verdict kind (and an old single run's).
-        mlflow.set_tags({"collapse_rate": rate})
+        exp_name = tracking.identity_tags(model, seed)["dvc_exp_name"]
+        mlflow.set_tags({"collapse_rate": rate,
+                         tracking.DESCRIPTION_TAG: describe_replicas(summary, outcomes, exp_name)})
         mlflow.log_dict(document, "evaluation/evaluation.json")
     return parent_id

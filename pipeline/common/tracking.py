@@ -24,6 +24,15 @@ from urllib.parse import unquote, urlparse
 from pipeline.common.errors import GanpipeError, Interrupted
 
 EXPERIMENT = "ganpipe"
+# MLflow 3 opens an experiment in its GenAI view (traces, latency) unless told otherwise. Releases before
+# the UI's GenAI / Model training switch read this tag ("custom model development": runs table, charts,
+# compare page); 3.17 follows the switch instead, see UI_VIEW below.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"  # the run page's Description box (markdown)
+# Metric and param name groups: MLflow's UI draws one collapsible chart section per prefix before "/".
+TRAIN, EVAL, VARIANT = "train", "eval", "variant"
+PARAM_SECTIONS = {"train": TRAIN, "evaluate": EVAL, "evaluator": "evaluator"}  # params.yaml section -> prefix
 T = TypeVar("T")
 
 
@@ -184,7 +193,9 @@ def connect(root: Path) -> str:
                 raise
             return exp.experiment_id
 
-    return retry_locked(get_or_create)
+    experiment_id = retry_locked(get_or_create)
+    retry_locked(lambda: client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND))
+    return experiment_id
 
 
 def follow_repository(db: Path, artifacts: str) -> None:
@@ -309,10 +320,121 @@ def run_identity(model: str, seed: int, cwd: Path | None = None) -> tuple[str, d
     return f"{exp_name or 'workspace'}-{model}-s{seed}", tags
 
 
+def identity_tags(model: str, seed: int, replica: int | None = None) -> dict[str, str]:
+    """The tags that change when a killed experiment is resumed under a new DVC experiment name.
+
+    A resumed run continues the killed attempt's MLflow runs; setting these again on the parent
+    (replica None) and on each child (replica r) keeps the run names `<exp>-<model>` / `<exp>-<model>-r<r>`
+    and `dvc_exp_name` equal to what `dvc exp ls` shows for the experiment that finished it."""
+    _, tags = run_identity(model, seed)
+    name = f"{tags['dvc_exp_name']}-{model}" + ("" if replica is None else f"-r{replica}")
+    return {"mlflow.runName": name, "dvc_exp_name": tags["dvc_exp_name"], "dvc_baseline_rev": tags["dvc_baseline_rev"]}
+
+
+def set_tags_on(run_id: str, tags: dict[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        retry_locked(lambda: client.set_tag(run_id, key, value))
+
+
+def metric_name(section: str, key: str) -> str:
+    """A grouped MLflow metric name, e.g. metric_name(TRAIN, "d_loss") == "train/d_loss"."""
+    return f"{section}/{key}"
+
+
+def metric_names(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {metric_name(section, k): v for k, v in values.items()}
+
+
+def run_params(params: Any) -> dict[str, Any]:
+    """What one run logs as MLflow params: the resolved variant under `variant/`, the shared sections
+    (`train/`, `eval/`, `evaluator/`) and the top-level scalars (model, seed, replicas, ...).
+
+    Other presets are left out, so the compare page's "show diff only" shows what differs between the
+    runs, not 50 settings of variants they did not train; download settings change no result."""
+    data = params.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "variants":
+            out.update(_flat(data["variants"][data["model"]], f"{VARIANT}/"))
+        elif key in PARAM_SECTIONS:
+            out.update(_flat(value, f"{PARAM_SECTIONS[key]}/"))
+        elif not isinstance(value, dict):
+            out[key] = value
+    return {k: ("null" if v is None else v) for k, v in out.items()}
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix.rstrip("/"): value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(_flat(v, f"{prefix}{k}/"))
+    return out
+
+
 def log_params_flat(flat: dict[str, Any]) -> None:
     import mlflow
 
     mlflow.log_params({k: ("null" if v is None else v) for k, v in flat.items()})
+
+
+LOW_CONFIDENCE = 0.5  # mean top-class probability below this: the evaluator cannot tell most samples' digit
+
+
+def quality_note(result: dict[str, Any], real_confidence: float | None = None) -> str | None:
+    """A plain sentence when most samples are not recognisable digits, so a diversity verdict is not
+    read as a statement about digits. `real_confidence`: the same on real subsets (calibration)."""
+    confidence = result.get("mean_confidence")
+    if confidence is None or confidence >= LOW_CONFIDENCE:
+        return None
+    real = f"real MNIST: {real_confidence:.2f}" if real_confidence is not None else "real MNIST: about 0.99"
+    return (
+        f"Most samples are not recognisable digits: the evaluator's mean confidence is {confidence:.2f} "
+        f"({real}), so coverage and diversity describe blobs, not digits."
+    )
+
+
+def describe_verdict(result: dict[str, Any], exp_name: str = "", real_confidence: float | None = None) -> str:
+    """The run's description (markdown): the verdict, its evidence, and the headline numbers beside it."""
+    verdict = result["collapse"]
+    head = f"**Mode collapse: {verdict['kind']}**" if verdict["detected"] else "**No mode collapse detected**"
+    numbers = [
+        f"FLD {result['fld']:.1f}",
+        f"{result['class_coverage']} of 10 digits covered",
+        f"mean confidence {result['mean_confidence']:.2f}" if result.get("mean_confidence") is not None else "",
+        f"label accuracy {result['label_accuracy']:.2f}" if result.get("label_accuracy") is not None else "",
+        f"collapse rate {result['collapse_rate']:.2f}" if result.get("collapse_rate") is not None else "",
+    ]
+    lines = [head, "", " · ".join(n for n in numbers if n)]
+    note = quality_note(result, real_confidence)
+    if note:
+        lines += ["", note]
+    if verdict["evidence"]:
+        lines += ["", "Evidence:", *[f"- {e}" for e in verdict["evidence"]]]
+    if exp_name and exp_name != "workspace":
+        lines += ["", f"DVC experiment `{exp_name}`: `dvc exp apply {exp_name}` restores its workspace."]
+    return "\n".join(lines)
+
+
+def verdict_tags(result: dict[str, Any], model: str, seed: int, calibration: dict[str, Any]) -> dict[str, str]:
+    """The run's Description (describe_verdict), naming the DVC experiment the run belongs to now."""
+    exp_name = identity_tags(model, seed)["dvc_exp_name"]
+    real_confidence = calibration.get("real", {}).get("mean_confidence", {}).get("mean")
+    return {DESCRIPTION_TAG: describe_verdict(result, exp_name, real_confidence)}
+
+
+# MLflow 3.17's UI picks its GenAI or model-training view from a switch the browser remembers (default
+# GenAI), not from the experiment tag; this query parameter opens the model-training view.
+UI_VIEW = "workflowType=machine_learning"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The run's page in the MLflow UI: on the tracking server itself, else on a local `mlflow ui`."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
 
 
 class MetricBuffer:

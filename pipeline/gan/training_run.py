@@ -18,7 +18,7 @@ import torch
 
 from pipeline.common import devices, tracking
 from pipeline.common.errors import Interrupted, TrainingDiverged
-from pipeline.common.params import Params, flatten
+from pipeline.common.params import Params
 from pipeline.data.mnist import MNIST
 from pipeline.data.stacked_mnist import StackedMNIST
 from pipeline.data.training_set import training_rows
@@ -57,6 +57,12 @@ def _quick_eval_labels(n: int, seed: int, ref: Reference) -> np.ndarray:
     return np.random.default_rng(seed).choice(10, size=n, p=ref.class_hist)
 
 
+def median_over_replicas(readings: dict[int, dict[str, float]]) -> dict[str, float]:
+    """The progress bar's one number per reading: the median over the live replicas (with 1 replica, its own)."""
+    keys = next(iter(readings.values())).keys()
+    return {k: float(np.median([reading[k] for reading in readings.values()])) for k in keys}
+
+
 def divergence_reason(params: Params, r: int, seed: int, what: str, step: int) -> str:
     v = params.variant
     return (
@@ -72,7 +78,7 @@ def train_tracked(
     data: MNIST,
     classifier: MnistCNN,
     ref: Reference,
-    progress: Callable[[int, int], None] = lambda done, total: None,
+    progress: Callable[..., None] = lambda done, total, **latest: None,
     trainer_hook: Callable[[Trainer, int], None] = lambda trainer, step: None,
     stacked: StackedMNIST | None = None,
 ) -> RunResult:
@@ -111,10 +117,16 @@ def train_tracked(
         )
     )
     result.run_id = run.info.run_id
-    flat = {**flatten(params), "device": str(device)}
+    # Grouped params (variant/…, train/…, eval/…) on the parent and on each child, so the compare page
+    # diffs children of different trainings as well as parents.
+    flat = {**tracking.run_params(params), "train/resolved_device": str(device)}
     if saved:
         result.replica_run_ids = saved["replica_run_ids"]
         tracking.reopen_runs([result.replica_run_ids[r] for r in trainer.live])
+        # A resumed experiment may carry a new DVC experiment name: parent and children follow it.
+        tracking.retry_locked(lambda: mlflow.set_tags(tracking.identity_tags(params.model, params.seed)))
+        for r, run_id in enumerate(result.replica_run_ids):
+            tracking.set_tags_on(run_id, tracking.identity_tags(params.model, params.seed, replica=r))
     else:
         tracking.log_params_flat(flat)
         result.replica_run_ids = tracking.start_replica_runs(
@@ -133,7 +145,7 @@ def train_tracked(
     def on_log(step: int, losses: dict[int, dict[str, float]]) -> None:
         for r, replica_losses in losses.items():
             result.losses.append({"step": step, "replica": r, **replica_losses})
-            buffers[r].add(step, replica_losses)
+            buffers[r].add(step, tracking.metric_names(tracking.TRAIN, replica_losses))
         for r, divergence in trainer.diverged.items():
             if r not in result.diverged:  # newly diverged: close its child run now, the others go on
                 reason = divergence_reason(params, r, seeds[r], divergence.what, divergence.step)
@@ -142,9 +154,11 @@ def train_tracked(
                 tracking.end_run_failed(result.replica_run_ids[r], reason)
                 print(f"warning: {reason}; the other replicas continue", file=sys.stderr)
         trainer_hook(trainer, step)
-        progress(step, v.iterations)
+        live = {r: replica_losses for r, replica_losses in losses.items() if r not in trainer.diverged}
+        progress(step, v.iterations, **(median_over_replicas(live) if live else {}))
 
     def on_eval(step: int) -> None:
+        quick_by_replica = {}
         for r in trainer.live:
             generator = trainer.replica_generator(r)
             imgs = sampling.sample(generator, eval_n, seed=params.seed + step, labels=eval_labels)
@@ -152,7 +166,11 @@ def train_tracked(
             if stacked is not None:  # the digits above are pooled over channels; modes count the triples
                 quick.update(quick_modes(classifier, imgs))
             result.collapse_curve.append({"step": step, "replica": r, **quick})
-            buffers[r].add(step, {f"train_{k}": val for k, val in quick.items()})
+            buffers[r].add(step, tracking.metric_names(tracking.TRAIN, quick))
+            quick_by_replica[r] = quick
+        if quick_by_replica:
+            median = median_over_replicas(quick_by_replica)
+            progress(step, v.iterations, coverage=median["class_coverage"], fld=median["fld"])
 
     def on_sample(step: int) -> None:
         flush()
@@ -178,6 +196,8 @@ def train_tracked(
         )
 
     schedule = Schedule(v.iterations, t.log_every, t.checkpoint_every, t.sample_every, t.eval_every)
+    if trainer.step == 0:
+        on_sample(0)  # the untrained generator's grid: MLflow's image slider starts at step 0
     start = time.perf_counter()
     try:
         with tracking.run_outcome(result.run_id):  # Ctrl-C/SIGTERM: KILLED; any other error: FAILED
@@ -238,11 +258,12 @@ def finish_run(result: RunResult, iterations: int) -> None:
     speed = trained / result.seconds if result.seconds else 0.0
     mlflow.log_metrics(
         {
-            "train_seconds": result.seconds,
-            "generator_it_per_s": speed,  # per replica: every live replica advances together
-            "replica_it_per_s": speed * models,
-            "train_threads": result.threads,
-            "replicas_diverged": len(result.diverged),
+            tracking.metric_name(tracking.TRAIN, "seconds"): result.seconds,
+            # per replica: every live replica advances together
+            tracking.metric_name(tracking.TRAIN, "generator_it_per_s"): speed,
+            tracking.metric_name(tracking.TRAIN, "replica_it_per_s"): speed * models,
+            tracking.metric_name(tracking.TRAIN, "threads"): result.threads,
+            tracking.metric_name(tracking.TRAIN, "replicas_diverged"): len(result.diverged),
         }
     )
     parent = mlflow.active_run()
@@ -250,7 +271,8 @@ def finish_run(result: RunResult, iterations: int) -> None:
         if generator is None:
             continue
         with tracking.retry_locked(lambda: mlflow.start_run(run_id=result.replica_run_ids[r], nested=True)):
-            mlflow.log_metrics({f"final_{k}": val for k, val in result.final_losses[r].items()})
+            final = {f"final_{k}": val for k, val in result.final_losses[r].items()}
+            mlflow.log_metrics(tracking.metric_names(tracking.TRAIN, final))
             _log_generator_model(generator)
     assert mlflow.active_run().info.run_id == parent.info.run_id
     mlflow.end_run()

@@ -151,6 +151,56 @@ def evaluate_embedding(
     real_fld = calibration["real"]["fld"]
     metrics["fld_real_at_n"] = {"mean": real_fld["mean"], "std": real_fld["std"]}  # FLD's own small-n bias
     metrics["collapse"] = verdict.judge(metrics, calibration)
+    metrics["verdict_samples"] = len(emb.features)
+    return metrics
+
+
+def evaluate_beyond_pool(
+    images: np.ndarray,
+    requested: np.ndarray | None,
+    model: MnistCNN,
+    ref: Reference,
+    calibration: dict[str, Any],
+    settings: EvaluateParams,
+    seed: int,
+    phase=lambda text: None,
+) -> dict[str, Any]:
+    """More images than real data can calibrate (calibration is for the largest honest size, half the
+    unseen pool): every metric on all images, the verdict on a seeded random subset of the calibrated size.
+
+    Why not judge all of them: near-duplicate rate and neighbour spread move with n (more samples, closer
+    neighbours), so thresholds from real sets of 10,000 would misjudge 50,000, and there are no 50,000 unseen
+    real images to measure instead. `verdict_samples` says how many the verdict saw; FLD's real value at n
+    (`fld_real_at_n`) is null for the same reason. `phase` receives a line per step (progress for the CLI)."""
+    cap = calibration["n_samples"]
+    phase(f"embedding {len(images)} samples")
+    emb = embed(model, images)
+    n = len(emb.features)
+    if n <= cap:
+        raise ValueError(f"{n} samples fit the calibration ({cap}); use evaluate_images")
+    phase(f"measuring all {n} samples")
+    metrics = measure(
+        emb,
+        requested,
+        ref,
+        settings.model_copy(update={"n_samples": n}),
+        duplicate_threshold=calibration["duplicate_distance"],
+        share_ratio_threshold=calibration["thresholds"]["share_ratio"],
+        seed=seed,
+    )
+    phase(f"judging a random {cap} of them against real sets of {cap}")
+    pick = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+    judged = evaluate_embedding(
+        Embedding(emb.features[pick], emb.probs[pick]),
+        None if requested is None else requested[pick],
+        ref,
+        calibration,
+        settings.model_copy(update={"n_samples": cap}),
+        seed,
+    )
+    metrics["fld_real_at_n"] = None
+    metrics["collapse"] = judged["collapse"]
+    metrics["verdict_samples"] = cap
     return metrics
 
 

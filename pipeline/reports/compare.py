@@ -10,21 +10,23 @@ another only when their intervals separate.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.common import layout
 from pipeline.instrument.rates import Rate, compare_sentence, intervals_separate, median_iqr, rate_of
 from pipeline.reports import charts, output, store, wgan_signal
 from pipeline.reports.document import Bullets, Document, Figure, Gallery, Heading, Paragraph, Table
-from pipeline.reports.glossary import fmt
+from pipeline.reports.glossary import REAL_BY_DEFINITION, fmt
 from pipeline.reports.store import ReplicaData, RunData
 
 FIGURE_DIR = "comparison_figures"  # relative to comparison.md; apart from the run report's figures/
 # The tables' metric columns: few enough that a row of the per-replica table fits a laptop screen.
 TABLE_METRICS = (
-    "fld", "kid", "class_coverage", "class_kl", "precision", "recall", "duplicate_rate", "intra_class_diversity",
+    "fld", "kid", "mean_confidence", "class_coverage", "class_kl", "precision", "recall", "duplicate_rate", "intra_class_diversity",
     "label_accuracy",
 )
 DOT_PANELS = (
@@ -50,7 +52,9 @@ def compare(root: Path, out_dir: Path, experiment: str, run_ids: list[str], mode
         "the runs given with --runs" if run_ids
         else f'the latest finished run of each model and seed in experiment "{experiment}"'
     )
-    doc = build(runs, f"{len(runs)} runs: {selection} · store `{uri}`")
+    calibration_file = root / layout.CALIBRATION
+    calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
+    doc = build(runs, f"{len(runs)} runs: {selection} · store `{uri}`", calibration)
     return output.write(doc, out_dir, "comparison", FIGURE_DIR)
 
 
@@ -151,7 +155,7 @@ def rates_frame(runs: list[RunData], replicas: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(runs: list[RunData], subtitle: str) -> Document:
+def build(runs: list[RunData], subtitle: str, calibration: dict | None = None) -> Document:
     rho = signals(runs)
     replicas = replica_frame(runs)
     trainings = training_frame(runs, replicas)
@@ -172,19 +176,51 @@ def build(runs: list[RunData], subtitle: str) -> Document:
             "variant's median.",
             "per-replica values of the headline metrics, by variant",
         ))
-    doc.add(Heading("Metrics"), Table(
-        _formatted(trainings),
+    caption = (
         "One row per training (an MLflow parent run; a run from before replicas counts as one replica): its "
-        "collapse count and interval, and each metric's median over its evaluated replicas (MLflow metrics `eval_*`).",
-        id="runs",
-    ))
+        "collapse count and interval, and each metric's median over its evaluated replicas (MLflow metrics `eval/*`)."
+    )
+    trainings_shown = trainings
+    if calibration is not None:
+        trainings_shown = pd.concat([trainings, reference_row(calibration)], ignore_index=True)
+        caption += (
+            f" Last row: real MNIST, the mean over {calibration['subsets']} random real subsets of "
+            f"{fmt(calibration['n_samples'])} images (outputs/calibration/calibration.json)."
+        )
+    doc.add(Heading("Metrics"), Table(_formatted(trainings_shown), caption, id="runs"))
     detail = replicas.drop(columns="collapsed")
     doc.add(Table(_formatted(detail), "Every replica (MLflow child run) of the trainings above.", id="replicas"))
+    doc.add(Heading("Where each run lives"), where_runs_live(runs))
     doc.add(Heading("Samples"), *_gallery(runs))
     doc.add(Heading("Training curves"), _curves(runs))
     doc.add(Heading("Verdicts"), *_verdicts(runs))
     doc.add(*_wgan_claim(runs, rho))
     return doc
+
+
+def reference_row(calibration: dict) -> pd.DataFrame:
+    """The table row of real data: each metric's mean over the calibration's real subsets (or its value by
+    definition: all ten digits, a memorisation ratio of 1)."""
+    real = calibration["real"]
+    row = {"model": "real MNIST", "seed": "", "run": "", "replicas": "", "collapsed": "none (real data)",
+           "95% interval": ""}
+    row.update({k: real[k]["mean"] if k in real else REAL_BY_DEFINITION.get(k) for k in TABLE_METRICS})
+    frame = pd.DataFrame([row])
+    frame[list(TABLE_METRICS)] = frame[list(TABLE_METRICS)].apply(pd.to_numeric)
+    return frame
+
+
+def where_runs_live(runs: list[RunData]) -> Bullets:
+    """Per run: the DVC experiment to restore (`dvc exp apply`) and the MLflow page to open."""
+    items = []
+    for r in runs:
+        exp = (
+            f"DVC experiment `{r.dvc_exp}` (`dvc exp apply {r.dvc_exp}` restores it)"
+            if r.dvc_exp and r.dvc_exp != "workspace" else "DVC workspace (`dvc repro`)"
+        )
+        link = f"[MLflow run {r.run_id[:8]}]({r.url})" if r.url else f"MLflow run `{r.run_id}`"
+        items.append(f"**{r.label}**: {exp} · {link}")
+    return Bullets(tuple(items))
 
 
 def _summary(runs: list[RunData], replicas: pd.DataFrame, rho: dict[str, wgan_signal.SignalCorrelation]) -> Bullets:
@@ -231,7 +267,7 @@ def _summary(runs: list[RunData], replicas: pd.DataFrame, rho: dict[str, wgan_si
     not_evaluated = replicas.loc[replicas["verdict"] == "not evaluated"]
     if len(not_evaluated):
         names = ", ".join(sorted(set(not_evaluated["run"])))
-        items.append(f"Not evaluated yet (no eval_* metrics): runs {names}.")
+        items.append(f"Not evaluated yet (no eval/* metrics): runs {names}.")
     return Bullets(tuple(items))
 
 

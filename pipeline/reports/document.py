@@ -2,7 +2,7 @@
 self-contained HTML page (figures embedded as data URIs).
 
 Both reports build a `Document`; writing the content once keeps report.md and report.html in step.
-Text may use two inline marks, **bold** and `code`, which both renderers understand.
+Text may use three inline marks, **bold**, `code` and [links](http://...), which both renderers understand.
 """
 
 from __future__ import annotations
@@ -179,9 +179,10 @@ figcaption { color: var(--muted); font-size: 14px; margin-top: 6px; max-width: 9
 
 
 def _inline(text: str) -> str:
-    """Escape text, then turn **bold** and `code` into tags."""
+    """Escape text, then turn **bold**, `code` and [text](url) into tags."""
     out = html.escape(text)
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r'<a href="\2">\1</a>', out)  # [text](url)
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.common import tracking
 from pipeline.reports import charts, wgan_signal
 from pipeline.reports.document import (
     MISSING, Bullets, Callout, Document, Figure, Gallery, Heading, Paragraph, Table,
@@ -41,6 +42,7 @@ class RunInputs:
     neighbours: NeighbourPanel | None
     run_id: str = ""
     evaluator_accuracy: float | None = None  # on MNIST's test set: the real-data value of label_accuracy
+    dvc_exp: str = ""  # the DVC experiment being run ("workspace" for a plain `dvc repro`)
 
 
 # The per-replica dots: the metrics a reader checks first for collapse and quality.
@@ -68,8 +70,11 @@ def build(inputs: RunInputs) -> Document:
     )
     if inputs.run_id:
         subtitle += f" · MLflow parent run `{inputs.run_id}`"
+    if inputs.dvc_exp and inputs.dvc_exp != "workspace":
+        subtitle += f" · DVC experiment `{inputs.dvc_exp}`"
     doc = Document(f"ganpipe report: {inputs.model}", subtitle)
     doc.add(_rate_callout(e))
+    doc.add(*_quality(e, inputs.calibration))
     doc.add(*_replicas(inputs))
     doc.add(*_samples(inputs))
     doc.add(*_verdict_evidence(e, inputs.calibration, checks_ran=len(inputs.collapse_curve) > 0))
@@ -94,7 +99,8 @@ def _rate_callout(e: dict[str, Any]) -> Callout:
     summary = (
         f"Collapse rate {rate.collapsed}/{rate.evaluated} = {rate.value:.2f}, 95% Wilson interval "
         f"[{lo:.2f}, {hi:.2f}].{diverged} Medians over the evaluated replicas: FLD {fmt(s['fld'])} "
-        f"(IQR {fmt(s['fld_iqr'])}) · {fmt(s['class_coverage'])} of 10 digits covered · intra-class "
+        f"(IQR {fmt(s['fld_iqr'])}) · mean confidence {fmt(s.get('mean_confidence'))} · "
+        f"{fmt(s['class_coverage'])} of 10 digits covered · intra-class "
         f"diversity {fmt(s['intra_class_diversity'])} × MNIST's · near-duplicates {pct(s['duplicate_rate'])}"
     )
     title = f"Mode collapse in {rate.collapsed} of {rate.evaluated} replicas"
@@ -150,6 +156,13 @@ def _replicas(inputs: RunInputs) -> list:
             "per-replica values of the headline metrics",
         ))
     return blocks
+
+
+def _quality(e: dict[str, Any], calibration: dict[str, Any]) -> list:
+    """Quality beside diversity: a diversity verdict on samples that are not digits says little (read on the
+    median over the evaluated replicas)."""
+    note = tracking.quality_note(e["summary"], calibration["real"].get("mean_confidence", {}).get("mean"))
+    return [Callout("Samples are mostly not digits", note, "warn")] if note else []
 
 
 def _samples(inputs: RunInputs) -> list:
@@ -364,5 +377,7 @@ def _settings(inputs: RunInputs) -> list:
     rows += [("evaluation samples per replica", evaluated(inputs.evaluation)[0]["n_samples"] if evaluated(inputs.evaluation) else 0)]
     if inputs.run_id:
         rows.append(("MLflow parent run", inputs.run_id))
+    if inputs.dvc_exp:
+        rows.append(("DVC experiment", inputs.dvc_exp))
     frame = pd.DataFrame([{"setting": k, "value": "null" if v is None else fmt(v)} for k, v in rows])
     return [Heading("Variant and parameters"), Table(frame)]

@@ -2,10 +2,12 @@
 
 A training is a parent run (tags `model`, `seed`, `replicas`) with one nested child run per replica
 (tags `mlflow.parentRunId`, `replica`, `replica_seed`). Each child carries the step metrics of training
-(d_loss, g_loss, w_estimate for WGAN; train_* from the in-training check), its final `eval_*` metrics,
-the `collapse` tag (the verdict kind, or "diverged") and the artifacts evaluation/evaluation.json and
-evaluation/sample_grid.png. A run logged before replicas existed has no children and carries all of this
-itself: it is shown as a training with one replica.
+(train/d_loss, train/g_loss, train/w_estimate for WGAN; train/fld etc. from the in-training check), its final
+`eval/*` metrics, its run description (the verdict), the `collapse` tag (the verdict kind, or "diverged") and the
+artifacts evaluation/evaluation.json and evaluation/sample_grid.png. The parent carries the medians and the
+collapse rate as `eval/*`. Runs logged before the grouped names (`eval_*`, `train_*`, bare `d_loss`) are read
+too. A run logged before replicas existed has no children and carries all of this itself: it is shown as a
+training with one replica.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ import pandas as pd
 from pipeline.common import tracking
 from pipeline.common.errors import GanpipeError
 
-HISTORY_KEYS = ("d_loss", "g_loss", "w_estimate", "train_fld", "train_class_coverage", "train_class_kl")
+# MLflow metric name -> the history column the comparison reads (the in-training checks keep a train_ prefix
+# there, apart from the final evaluation's metrics of the same name).
+HISTORY_KEYS = {
+    tracking.metric_name(tracking.TRAIN, key): column
+    for key, column in [("d_loss", "d_loss"), ("g_loss", "g_loss"), ("w_estimate", "w_estimate"),
+                        ("fld", "train_fld"), ("class_coverage", "train_class_coverage"),
+                        ("class_kl", "train_class_kl")]
+}
+EVAL_PREFIX = "metrics." + tracking.metric_name(tracking.EVAL, "")
+LEGACY_EVAL_PREFIX = "metrics.eval_"  # runs logged before the grouped names
 _FIX = (
     "Run the pipeline first (`dvc repro`, then e.g. `dvc exp run -S model=wgan` for another variant) from the "
     "repository root, or point MLFLOW_TRACKING_URI at the store that holds your runs."
@@ -37,7 +48,7 @@ class ReplicaData:
     index: int
     run_id: str
     seed: str  # the replica's own seed
-    metrics: dict[str, float]  # its eval_* metrics without the prefix
+    metrics: dict[str, float]  # its eval/* metrics without the prefix
     collapse: str  # the verdict kind, "diverged", or "not evaluated"
     evidence: list[str] = field(default_factory=list)
     grid_png: bytes | None = None
@@ -57,12 +68,14 @@ class RunData:
     model: str
     seed: str
     name: str
-    metrics: dict[str, float]  # the final evaluation, without the eval_ prefix (a parent's: medians)
+    metrics: dict[str, float]  # the final evaluation, without the eval/ prefix (a parent's: medians and rate)
     collapse: str  # an old single run's verdict kind, or "not evaluated"; a parent's is per replica
     evidence: list[str] = field(default_factory=list)
     grid_png: bytes | None = None
     history: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, then one column per HISTORY_KEYS logged
     children: list[ReplicaData] = field(default_factory=list)
+    dvc_exp: str = ""  # the DVC experiment that trained it ("workspace" for a plain `dvc repro`)
+    url: str = ""  # the run's page in the MLflow UI
 
     @property
     def label(self) -> str:
@@ -115,7 +128,8 @@ def _search(experiment_ids: list[str]) -> pd.DataFrame:
     frame = mlflow.search_runs(experiment_ids=experiment_ids, order_by=["attributes.start_time DESC"])
     # An experiment without runs comes back as a frame without columns; give it the ones used below.
     for column in ("run_id", "status", "tags.model", "tags.seed", "tags.collapse", "tags.mlflow.runName",
-                   "tags.mlflow.parentRunId", "tags.replica", "tags.replica_seed", "experiment_id"):
+                   "tags.dvc_exp_name", "tags.mlflow.parentRunId", "tags.replica", "tags.replica_seed",
+                   "experiment_id"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -169,11 +183,12 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
 def _history(client, run_id: str) -> pd.DataFrame:
     """The step metrics as one frame, outer-joined on step; a re-logged step keeps its last value."""
     series = []
-    for key in HISTORY_KEYS:
-        points = client.get_metric_history(run_id, key)
+    for key, column in HISTORY_KEYS.items():
+        # A run logged before the grouped names has the column's own name (d_loss, train_fld, ...).
+        points = client.get_metric_history(run_id, key) or client.get_metric_history(run_id, column)
         if points:
-            s = pd.DataFrame([(m.step, m.timestamp, m.value) for m in points], columns=["step", "t", key])
-            series.append(s.sort_values("t").drop_duplicates("step", keep="last").set_index("step")[key])
+            s = pd.DataFrame([(m.step, m.timestamp, m.value) for m in points], columns=["step", "t", column])
+            series.append(s.sort_values("t").drop_duplicates("step", keep="last").set_index("step")[column])
     if not series:
         return pd.DataFrame({"step": []})
     return pd.concat(series, axis=1).sort_index().reset_index()
@@ -191,11 +206,19 @@ def _artifact(run_id: str, path: str) -> bytes | None:
 
 
 def _eval_metrics(row: pd.Series) -> dict[str, float]:
-    return {
-        col.removeprefix("metrics.eval_"): float(v)
+    """The run's final metrics without their prefix: eval/<key>, or eval_<key> from a run logged before the
+    grouped names (the grouped name wins when a run has both)."""
+    legacy = {
+        col.removeprefix(LEGACY_EVAL_PREFIX): float(v)
         for col, v in row.items()
-        if col.startswith("metrics.eval_") and pd.notna(v)
+        if col.startswith(LEGACY_EVAL_PREFIX) and pd.notna(v)
     }
+    grouped = {
+        col.removeprefix(EVAL_PREFIX): float(v)
+        for col, v in row.items()
+        if col.startswith(EVAL_PREFIX) and pd.notna(v)
+    }
+    return {**legacy, **grouped}
 
 
 def _evidence(run_id: str) -> list[str]:
@@ -247,11 +270,13 @@ def fetch(row: pd.Series) -> RunData:
         grid_png=_artifact(row["run_id"], "evaluation/sample_grid.png") if single else None,
         history=_history(client, row["run_id"]) if single else pd.DataFrame({"step": []}),
         children=children,
+        dvc_exp=row["tags.dvc_exp_name"] if isinstance(row["tags.dvc_exp_name"], str) else "",
+        url=tracking.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
     )
 
 
 @contextmanager
-def _no_download_bars():
+def no_download_bars():
     """MLflow draws a progress bar per downloaded artifact; two per run would bury the command's output."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     old = os.environ.get(key)
@@ -268,5 +293,5 @@ def _no_download_bars():
 def load_runs(root: Path, experiment: str, run_ids: list[str], models: list[str]) -> tuple[str, list[RunData]]:
     uri = open_store(root)
     frame = select_runs(uri, experiment, run_ids, models)
-    with _no_download_bars():
+    with no_download_bars():
         return uri, [fetch(row) for _, row in frame.iterrows()]
