@@ -1,9 +1,11 @@
 """Wall time and peak memory of `ganpipe evaluate` at 10k, 50k and 100k samples, on this machine.
 
 Each size is one run of the installed command on a file of real MNIST training digits (drawn with
-replacement above 60,000), exactly as a user runs it: reading the file, calibrating the verdict for that
-size on real subsets (unless outputs/calibration/calibration.json already holds it) and measuring.
-Needs the pipeline's evaluator: run `dvc repro evaluator` first. Run it on a quiet machine; the
+replacement above 60,000), exactly as a user runs it: reading the file, calibrating the verdict for
+min(n, half the unseen real pool) samples on real subsets (unless outputs/calibration/calibration.json
+already holds that size: after `dvc repro calibrate` it holds 10,000) and measuring; above 10,000 the
+verdict judges a random 10,000 (see evaluation.evaluate_beyond_pool). Needs the pipeline's evaluator:
+run `dvc repro evaluator` (or `calibrate`) first. Run it on a quiet machine; the
 figures of a loaded machine only say how it compares with other figures taken in the same run.
 
     python benchmarks/evaluate_speed.py                    # 10k, 50k, 100k
@@ -64,6 +66,7 @@ def run(n: int, pixels: np.ndarray, folder: Path) -> dict:
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "fld": result["fld"],
         "collapse": result["collapse"]["kind"],
+        "verdict_samples": result.get("verdict_samples"),
     }
 
 

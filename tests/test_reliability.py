@@ -70,7 +70,8 @@ def child_runs(repo: Path, parent) -> list:
 def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(tmp_path, shared_cache):
     params = tiny_params()
     params["model"] = "wgan"
-    params["variants"]["wgan"]["iterations"] = 2000
+    iterations = 1000  # 5 checkpoints: a kill after the first leaves most of the training to resume
+    params["variants"]["wgan"]["iterations"] = iterations
     params["train"].update(checkpoint_every=200, eval_every=200, sample_every=1000)
     repo = new_repo(tmp_path / "repo", params, shared_cache)
     checkpoints = repo / ".ganpipe" / "checkpoints"
@@ -85,21 +86,21 @@ def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(t
     kill_tree(proc)
     assert not (repo / "outputs/train/generator.pt").exists()
     saved = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)
-    assert 0 < saved["trainer"]["step"] < 2000 and saved["trainer"]["step"] % 200 == 0
+    assert 0 < saved["trainer"]["step"] < iterations and saved["trainer"]["step"] % 200 == 0
 
     resumed = dvc(repo, "repro").stdout
     assert f"resumed from iteration {saved['trainer']['step']}" in resumed
     assert not list(checkpoints.glob("*.pt"))  # finished: nothing left to resume
     after_resume = generator_state(repo)
     train_metrics = json.loads((repo / "metrics/train.json").read_text())
-    assert train_metrics["iterations"] == 2000
+    assert train_metrics["iterations"] == iterations
     (wgan_run,) = [r for r in parent_runs(repo) if r.data.tags["model"] == "wgan"]
     assert wgan_run.info.status == "FINISHED"  # the interrupted run was reopened and finished
     children = child_runs(repo, wgan_run)
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     for child in children:  # each replica's run was reopened too, its history continued
         steps = [m.step for m in mlflow.MlflowClient().get_metric_history(child.info.run_id, "train/d_loss")]
-        assert max(steps) == 2000 and len(steps) == 2000 // 20
+        assert max(steps) == iterations and len(steps) == iterations // 20
 
     # The same training without interruption gives the same weights, bit for bit: the checkpoint
     # holds the optimiser state and the training RNG, and CPU kernels are deterministic.

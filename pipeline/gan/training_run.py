@@ -68,7 +68,8 @@ def divergence_reason(params: Params, r: int, seed: int, what: str, step: int) -
     return (
         f"replica {r} of model {params.model} diverged: {what} became NaN/Inf by generator iteration {step} "
         f"(objective {v.objective}, optimizer {v.optimizer}, lr {v.lr}, batch_size {v.batch_size}, "
-        f"n_critic {v.n_critic}, clip {v.clip}, seed {params.seed}, replica seed {seed})"
+        f"n_critic {v.n_critic}, clip {v.clip}, gradient_penalty {v.gradient_penalty}, arch {v.arch}, "
+        f"pack {v.pack}, spectral_norm {v.spectral_norm}, seed {params.seed}, replica seed {seed})"
     )
 
 

@@ -39,24 +39,7 @@ def load(path: str | Path, max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, 
     """Images as (N, 28, 28) float32 in [0, 1], and labels (N,) int64 or None. N above `max_samples`
     is refused from the archive's headers, before anything is decompressed."""
     path = Path(path)
-    if path.is_dir():
-        raise GanpipeError(f"{path} is a directory. Pass the path of an .npz sample file. {EXPECTED}")
-    if not path.is_file():
-        raise GanpipeError(f"{path} does not exist. Pass the path of an .npz sample file. {EXPECTED}")
-    _check_container(path)
-    _check_declared_size(path, max_samples)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except _READ_ERRORS as exc:
-        raise _bad(
-            path, f"is a damaged or incomplete .npz archive that cannot be opened ({_reason(exc)}); write it again"
-        ) from None
-    with archive:
-        if "images" not in archive.files:
-            held = ", ".join(f"`{k}`" for k in archive.files) or "no arrays at all"
-            raise _bad(path, f"has no `images` array (it holds {held})")
-        images = _read_member(path, archive, "images")
-        labels = _read_member(path, archive, "labels") if "labels" in archive.files else None
+    images, labels = _read_arrays(path, max_samples)
     images = _check_images(path, images)
     return images, _check_labels(path, labels, len(images))
 
@@ -229,9 +212,8 @@ STACKED_EXPECTED = (
 def load_stacked(path: str | Path, max_samples: int = MAX_SAMPLES) -> np.ndarray:
     """Stacked MNIST samples as (N, 3, 28, 28) float32 in [0, 1]; refused like `load` otherwise."""
     path = Path(path)
-    _check_declared_size(path, max_samples, check_shape=False)
     try:
-        images, labels = _load_any_shape(path)
+        images, labels = _read_arrays(path, max_samples, check_shape=False)
     except GanpipeError as exc:
         raise GanpipeError(str(exc).replace(EXPECTED, STACKED_EXPECTED)) from None
     bad = lambda problem: GanpipeError(f"{path}: {problem}. {STACKED_EXPECTED}")  # noqa: E731
@@ -252,16 +234,21 @@ def load_stacked(path: str | Path, max_samples: int = MAX_SAMPLES) -> np.ndarray
     return flat.reshape(shape[0], 3, 28, 28)
 
 
-def _load_any_shape(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """The raw `images` (and `labels`) arrays of a checked .npz, before any shape check."""
+def _read_arrays(path: Path, max_samples: int, check_shape: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The raw `images` (and `labels`) arrays of an .npz, after the checks that need no decompression:
+    the path is a file, the container is a zip, and the headers declare at most `max_samples` images (and,
+    with `check_shape`, an accepted MNIST shape)."""
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise GanpipeError(f"{path} {what}. Pass the path of an .npz sample file. {EXPECTED}")
     _check_container(path)
+    _check_declared_size(path, max_samples, check_shape)
     try:
         archive = np.load(path, allow_pickle=False)
     except _READ_ERRORS as exc:
-        raise _bad(path, f"is a damaged or incomplete .npz archive that cannot be opened ({_reason(exc)})") from None
+        raise _bad(
+            path, f"is a damaged or incomplete .npz archive that cannot be opened ({_reason(exc)}); write it again"
+        ) from None
     with archive:
         if "images" not in archive.files:
             held = ", ".join(f"`{k}`" for k in archive.files) or "no arrays at all"
