@@ -338,3 +338,29 @@ def test_every_stage_refuses_bad_params_within_seconds_and_creates_nothing(tmp_p
         assert "`variants.cgan.betas` is [0.9], but it must be a list of two numbers (beta1 and beta2), each >= 0 " \
             "and < 1, e.g. [0.9, 0.999]" in message, where
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no outputs, no mlflow.db
+
+
+@pytest.mark.parametrize(
+    "n, holdout, fix",
+    [
+        (15000, 10000, "or raise evaluator.holdout to 20000 (the evaluator then trains on the other 40000)"),
+        (50000, 10000, "(MNIST has too few unseen images for 50000; `ganpipe evaluate --samples` measures a larger file"),
+        (6000, 0, "or raise evaluator.holdout to 2000 (the evaluator then trains on the other 58000)"),
+    ],
+)
+def test_an_evaluation_size_real_data_cannot_calibrate_is_refused_before_any_stage(n, holdout, fix):
+    """Calibration needs real subsets of n from the unseen pool (test set + holdout), at most half of it."""
+    def change(raw):
+        raw["evaluate"]["n_samples"], raw["evaluator"]["holdout"] = n, holdout
+
+    message = refused(change)
+    most = (10000 + holdout) // 2
+    assert f"evaluate.n_samples is {n}, but real data can calibrate the verdict for at most {most} samples" in message
+    assert f"lower evaluate.n_samples to {most} or less" in message and fix in message
+    assert not message.startswith("params.yaml has a problem: ``")
+
+
+def test_the_largest_calibratable_evaluation_size_is_accepted():
+    raw = copy.deepcopy(repo_params())
+    raw["evaluate"]["n_samples"], raw["evaluator"]["holdout"] = 7500, 5000
+    assert parse_params(raw).evaluate.n_samples == 7500

@@ -214,6 +214,10 @@ class ReportParams(Strict):
     neighbour_panel: PositiveInt
 
 
+MNIST_TEST_IMAGES = 10_000  # MNIST's test split, the fixed part of the real baseline pool
+MNIST_TRAIN_IMAGES = 60_000
+
+
 class Params(Strict):
     model: Annotated[str, Field(description="the name of one of the presets under `variants`")]
     seed: NonNegativeInt
@@ -229,6 +233,27 @@ class Params(Strict):
         dict[str, VariantParams],
         Field(description="a mapping of preset names (e.g. vanilla, wgan) to variant settings"),
     ]
+
+    @model_validator(mode="after")
+    def _calibratable(self) -> "Params":
+        # Real baselines come from MNIST's test set plus the held-out training images, and calibration
+        # subsets may hold at most half of that pool (instrument/calibration.py): refuse a larger
+        # evaluate.n_samples here, before any stage deletes its outputs, not minutes later in calibrate.
+        pool = MNIST_TEST_IMAGES + self.evaluator.holdout
+        if self.evaluate.n_samples > pool // 2:
+            needed = 2 * self.evaluate.n_samples - MNIST_TEST_IMAGES
+            fix = (
+                f", or raise evaluator.holdout to {needed} (the evaluator then trains on the other {MNIST_TRAIN_IMAGES - needed})"
+                if needed < MNIST_TRAIN_IMAGES - 10_000
+                else f" (MNIST has too few unseen images for {self.evaluate.n_samples}; `ganpipe evaluate --samples` "
+                "measures a larger file in full and judges a random subset the pool can calibrate)"
+            )
+            raise ValueError(
+                f"evaluate.n_samples is {self.evaluate.n_samples}, but real data can calibrate the verdict for at most "
+                f"{pool // 2} samples (half the unseen pool of {MNIST_TEST_IMAGES} test images + evaluator.holdout "
+                f"{self.evaluator.holdout}): lower evaluate.n_samples to {pool // 2} or less{fix}"
+            )
+        return self
 
     @property
     def variant(self) -> VariantParams:

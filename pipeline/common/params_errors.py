@@ -159,7 +159,8 @@ def problems(root: type[BaseModel], exc: ValidationError, raw: dict, model_check
             shown = show(_value_at(raw, key))
             if kind == "value_error":  # one of the schema's own checks, whose message says what is wrong
                 reason = str(err["ctx"]["error"]) if "ctx" in err else err["msg"].removeprefix("Value error, ")
-                text = f"`{_path(key)}` is {shown}, but {reason}"
+                # a check across sections (on the whole file) names its keys itself
+                text = f"`{_path(key)}` is {shown}, but {reason}" if key else reason
             else:
                 text = f"`{_path(key)}` is {shown}, but it must be {_accepted(root, key)}"
         if text not in problems:
