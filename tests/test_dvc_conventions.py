@@ -28,3 +28,27 @@ def test_every_stage_waits_for_the_params_check():
             assert "outputs/params_check.txt" in stage["deps"], name
     check = stages()["check_params"]
     assert check["params"] == [{"params.yaml": None}] and check["outs"] == ["outputs/params_check.txt"]
+
+
+def test_equal_content_saved_twice_gives_equal_bytes(tmp_path):
+    """DVC hashes bytes: a stage that recomputes the same result must write the same file, or every
+    stage downstream misses DVC's run cache. (torch.save given a path names the archive's inner folder
+    after the temporary file's random name.)"""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from pipeline.common import atomic
+
+    def digest(path):
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    state = {"weight": torch.arange(6.0).reshape(2, 3)}
+    atomic.save_torch(tmp_path / "a.pt", state)
+    atomic.save_torch(tmp_path / "b" / "a.pt", state)
+    assert digest(tmp_path / "a.pt") == digest(tmp_path / "b" / "a.pt")
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["weight"], state["weight"])
+    atomic.save_npz(tmp_path / "x.npz", images=np.ones((2, 28, 28), np.uint8))
+    atomic.save_npz(tmp_path / "b" / "x.npz", images=np.ones((2, 28, 28), np.uint8))
+    assert digest(tmp_path / "x.npz") == digest(tmp_path / "b" / "x.npz")

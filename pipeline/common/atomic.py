@@ -82,7 +82,11 @@ def save_torch(target: str | os.PathLike, obj: Any) -> None:
     import torch
 
     with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
+        # Through a file object: given a path, torch.save names the archive's inner folder after the file,
+        # here the random temporary name, so equal weights would give different bytes (and DVC hashes)
+        # every time and no downstream stage could be restored from DVC's run cache.
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
 
 
 def save_npz(target: str | os.PathLike, **arrays: Any) -> None:
