@@ -111,6 +111,26 @@ def measure(
     return out
 
 
+def measure_calibrated(
+    emb: Embedding,
+    requested: np.ndarray | None,
+    ref: Reference,
+    calibration: dict[str, Any],
+    settings: EvaluateParams,
+    seed: int,
+) -> dict[str, Any]:
+    """`measure` with the two thresholds the calibration fixes (near-duplicate distance, coverage share)."""
+    return measure(
+        emb,
+        requested,
+        ref,
+        settings,
+        duplicate_threshold=calibration["duplicate_distance"],
+        share_ratio_threshold=calibration["thresholds"]["share_ratio"],
+        seed=seed,
+    )
+
+
 def evaluate_images(
     images: np.ndarray,
     requested: np.ndarray | None,
@@ -139,15 +159,7 @@ def evaluate_embedding(
             "thresholds depend on n. Evaluate exactly evaluate.n_samples images, or let `ganpipe evaluate` "
             "calibrate for this count (it does so when the counts differ)."
         )
-    metrics = measure(
-        emb,
-        requested,
-        ref,
-        settings,
-        duplicate_threshold=calibration["duplicate_distance"],
-        share_ratio_threshold=calibration["thresholds"]["share_ratio"],
-        seed=seed,
-    )
+    metrics = measure_calibrated(emb, requested, ref, calibration, settings, seed)
     real_fld = calibration["real"]["fld"]
     metrics["fld_real_at_n"] = {"mean": real_fld["mean"], "std": real_fld["std"]}  # FLD's own small-n bias
     metrics["collapse"] = verdict.judge(metrics, calibration)
@@ -179,15 +191,7 @@ def evaluate_beyond_pool(
     if n <= cap:
         raise ValueError(f"{n} samples fit the calibration ({cap}); use evaluate_images")
     phase(f"measuring all {n} samples")
-    metrics = measure(
-        emb,
-        requested,
-        ref,
-        settings.model_copy(update={"n_samples": n}),
-        duplicate_threshold=calibration["duplicate_distance"],
-        share_ratio_threshold=calibration["thresholds"]["share_ratio"],
-        seed=seed,
-    )
+    metrics = measure_calibrated(emb, requested, ref, calibration, settings.model_copy(update={"n_samples": n}), seed)
     phase(f"judging a random {cap} of them against real sets of {cap}")
     pick = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
     judged = evaluate_embedding(
