@@ -85,7 +85,7 @@ def evaluate_file(samples: Path, params_file: Path, dataset: str = "mnist", max_
 
     from pipeline.instrument import evaluator, reference, samples_file
     from pipeline.instrument.sample_count import minimum_samples
-    from pipeline.common import layout
+    from pipeline.common import cpu_threads, layout
     from pipeline.instrument.calibration import calibrate, check_pool
     from pipeline.instrument.evaluation import evaluate_beyond_pool, evaluate_images
     from pipeline.common.params import load_params
@@ -93,6 +93,7 @@ def evaluate_file(samples: Path, params_file: Path, dataset: str = "mnist", max_
     root = _root()
     params_path = params_file if params_file.is_absolute() or params_file.exists() else root / params_file
     params = load_params(params_path)
+    cpu_threads.use(params.evaluator.threads)  # the stage's count: the same file gives the same numbers here
     if dataset not in ("mnist", "stacked-mnist"):
         raise GanpipeError(f"--dataset {dataset!r} is not known; use mnist or stacked-mnist.")
     # validate before loading anything heavy

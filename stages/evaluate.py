@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import atomic, layout, replica_tracking, tables, tracking, views
+from pipeline.common import atomic, cpu_threads, layout, replica_tracking, tables, tracking, views
 from pipeline.common.console import StageProgress, quiet_mlflow, run_main
 from pipeline.common.errors import GanpipeError
 from pipeline.common.params import load_params
@@ -38,6 +38,7 @@ def collapse_kind_metrics(outcomes: list[ReplicaOutcome]) -> dict[str, Any]:
 
 def main() -> None:
     params = load_params()
+    cpu_threads.use(params.evaluator.threads)
     tracking.check_store(tracking.tracking_uri(layout.repo_root()))  # a bad store fails before the work
     for out in (layout.SAMPLES, layout.EVALUATION, layout.EVALUATE_METRICS):
         atomic.check_writable(out)  # so does an unwritable output folder

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.common import atomic, layout
+from pipeline.common import atomic, cpu_threads, layout
 from pipeline.instrument import evaluator, reference
 from pipeline.common.console import progress_bar, run_main, stderr
 from pipeline.data.mnist import load_prepared
@@ -13,6 +13,7 @@ TARGET_ACCURACY = 0.99
 
 def main() -> None:
     e = load_params().evaluator
+    cpu_threads.use(e.threads)
     data = load_prepared(layout.PREPARED)
     # Held-out training images stay unseen by the evaluator and the reference: with the test set they
     # form the pool the calibrate stage measures real-data baselines on.

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from pipeline.instrument import evaluator, reference
-from pipeline.common import layout, tables, tracking
+from pipeline.common import cpu_threads, layout, tables, tracking
 from pipeline.common.console import run_main, stderr
 from pipeline.data.mnist import load_prepared
 from pipeline.common.params import load_params
@@ -15,6 +15,7 @@ from pipeline.reports.neighbours import nearest_training
 
 def main() -> None:
     params = load_params()
+    cpu_threads.use(params.evaluator.threads)
     tracking.check_store(tracking.tracking_uri(layout.repo_root()))  # a bad store fails before the work
     run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
     with stderr.status("finding the samples' nearest training images"):

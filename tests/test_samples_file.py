@@ -21,7 +21,7 @@ from pipeline.instrument import samples_file
 from pipeline.cli import app
 from pipeline.data.mnist import read_split
 
-from .conftest import REPO, mirror_path
+from .conftest import REPO, mirror_path, repo_params
 
 EXPECTED_FORM = "Expected an .npz holding `images` shaped (N, 28, 28), (N, 1, 28, 28) or (N, 784)"
 
@@ -372,3 +372,25 @@ def test_a_file_larger_than_real_data_can_calibrate_is_measured_whole_and_judged
     result = CliRunner().invoke(app, ["evaluate", "--samples", str(half), *params])
     out = json.loads(result.stdout)
     assert out["collapse"]["kind"] in ("inter-class", "both") and out["class_coverage"] == 5
+
+
+def test_the_same_file_gives_the_same_numbers_whatever_thread_count_the_environment_set(mnist, evaluator_root, monkeypatch):
+    """torch's default thread count follows the machine (its cores, OMP_NUM_THREADS), and the count changes
+    the embedding in its last bits. `ganpipe evaluate` runs on params' evaluator.threads, so a process that
+    started with 1 thread and one that started with 3 print identical results."""
+    import torch
+
+    monkeypatch.setenv("DVC_ROOT", str(evaluator_root))
+    path = write_npz(evaluator_root / "real.npz", images=mnist.x_test[:2000])
+    before, outputs, used = torch.get_num_threads(), [], []
+    try:
+        for environment_default in (1, 3):
+            torch.set_num_threads(environment_default)
+            result = CliRunner().invoke(app, ["evaluate", "--samples", str(path), "--params", str(evaluator_root / "params.yaml")])
+            assert result.exit_code == 0, result.stderr
+            outputs.append(result.stdout)
+            used.append(torch.get_num_threads())
+    finally:
+        torch.set_num_threads(before)
+    assert outputs[0] == outputs[1]
+    assert used == [repo_params()["evaluator"]["threads"]] * 2

@@ -129,6 +129,7 @@ class EvaluatorParams(Strict):
     ndb_bins: PositiveInt
     kmeans_fit_size: PositiveInt
     seed: NonNegativeInt
+    threads: PositiveInt  # CPU threads of every torch computation outside the training loop (cpu_threads.py)
 
 
 class TrainParams(Strict):

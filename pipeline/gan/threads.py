@@ -11,8 +11,10 @@ processes. `auto` therefore gives a training the cores nobody else is using, and
 where `queue_workers` is the number of DVC queue workers when the training runs under one (`dvc queue
 start -j N` starts N workers, each running one experiment at a time, so N trainings share the cores)
 and `load` is the 1-minute load average when training starts (work already running). On an idle
-machine outside a queue that is every core. The thread count changes speed, not results: 1 and 2
-threads gave bit-identical weights for the MLP presets (vanilla, wgan; 30 iterations, 2 replicas).
+machine outside a queue that is every core. `auto` is an opt-in for speed, not the default: the thread
+count changes results (pipeline/common/cpu_threads.py). Stacked MLP replicas (2 or more) gave
+bit-identical weights with 1 and 2 threads, but a single replica and every DCGAN preset did not, so
+under `auto` their models can depend on the load when training started.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipeline.common import devices, tracking
+from pipeline.common import cpu_threads, devices, tracking
 from pipeline.common.errors import Interrupted, TrainingDiverged
 from pipeline.common.params import Params
 from pipeline.data.mnist import MNIST
@@ -161,17 +161,21 @@ def train_tracked(
     def on_eval(step: int) -> None:
         quick_by_replica = {}
         for r in trainer.live:
-            generator = trainer.replica_generator(r)
-            imgs = sampling.sample(generator, eval_n, seed=params.seed + step, labels=eval_labels)
-            quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
-            if stacked is not None:  # the digits above are pooled over channels; modes count the triples
-                quick.update(quick_modes(classifier, imgs))
+            with cpu_threads.scoped(params.evaluator.threads):  # the instrument's count, not the training's
+                quick = quick_metrics(r, step)
             result.collapse_curve.append({"step": step, "replica": r, **quick})
             buffers[r].add(step, tracking.metric_names(tracking.TRAIN, quick))
             quick_by_replica[r] = quick
         if quick_by_replica:
             median = median_over_replicas(quick_by_replica)
             progress(step, v.iterations, coverage=median["class_coverage"], fld=median["fld"])
+
+    def quick_metrics(r: int, step: int) -> dict[str, float]:
+        imgs = sampling.sample(trainer.replica_generator(r), eval_n, seed=params.seed + step, labels=eval_labels)
+        quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
+        if stacked is not None:  # the digits above are pooled over channels; modes count the triples
+            quick.update(quick_modes(classifier, imgs))
+        return quick
 
     def on_sample(step: int) -> None:
         flush()
