@@ -100,6 +100,7 @@ def make_dvc_repo(dest: Path, params: dict) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git("init", "-q", "-b", "main", cwd=dest)
     subprocess.run(["dvc", "init", "-q"], cwd=dest, check=True)
+    shutil.copytree(REPO / ".dvc" / "plots", dest / ".dvc" / "plots")  # dvc.yaml's custom plot templates
     git("add", "-A", cwd=dest)
     git("commit", "-qm", "init", cwd=dest)
     return dest
