@@ -71,7 +71,9 @@ def stderr_of_mean(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> list[dict]:
     params = load_params(ROOT / "params.yaml")
     device = devices.resolve(args.device)
-    torch.set_num_threads(args.threads)
+    threads = args.threads or params.train.threads
+    # One fixed count for training and counting alike (it changes results; README "Threads"), reported per row.
+    torch.set_num_threads(1 if threads == "auto" else threads)
     data = load_prepared(ROOT / layout.PREPARED)
     classifier = evaluator.load(ROOT / layout.CLASSIFIER)
     stacked = stacked_mnist.build(data.y_train, params.stacked_mnist.size, params.stacked_mnist.seed)
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             kl.append(modes.mode_kl(counts))
         results.append(
             {
-                "preset": preset, "device": str(device), "iterations": iterations,
+                "preset": preset, "device": str(device), "threads": torch.get_num_threads(), "iterations": iterations,
                 "epochs": round(iterations * variant.batch_size / len(stacked), 3), "samples": args.samples,
                 "seeds": args.seeds, "diverged": len(args.seeds) - len(captured),
                 "modes_captured": captured, "mode_kl": [round(k, 4) for k in kl],
@@ -140,7 +142,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="generator iterations; overrides --epochs")
     parser.add_argument("--samples", type=int, default=PAPER["samples"], help="samples counted (papers: 26000)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: params.yaml train.threads)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per preset")
     args = parser.parse_args()
     args.presets = [p.strip() for p in args.presets.split(",") if p.strip()]
