@@ -34,6 +34,7 @@ from pipeline.common.params import VariantParams, load_params  # noqa: E402
 from pipeline.data import stacked_mnist  # noqa: E402
 from pipeline.data.mnist import load_prepared  # noqa: E402
 from pipeline.gan import sampling  # noqa: E402
+from pipeline.gan import threads as gan_threads  # noqa: E402
 from pipeline.instrument import evaluator  # noqa: E402
 from pipeline.instrument.metrics import modes  # noqa: E402
 from pipeline.instrument.stacked import channel_digits  # noqa: E402
@@ -71,9 +72,9 @@ def stderr_of_mean(values: list[float]) -> float:
 def run(args: argparse.Namespace) -> list[dict]:
     params = load_params(ROOT / "params.yaml")
     device = devices.resolve(args.device)
-    threads = args.threads or params.train.threads
-    # One fixed count for training and counting alike (it changes results; README "Threads"), reported per row.
-    torch.set_num_threads(1 if threads == "auto" else threads)
+    # One count for training and counting alike, params' train.threads unless --threads (it changes results;
+    # README "Threads"), resolved as the train stage resolves it and reported per row.
+    torch.set_num_threads(gan_threads.resolve(args.threads or params.train.threads, device.type))
     data = load_prepared(ROOT / layout.PREPARED)
     classifier = evaluator.load(ROOT / layout.CLASSIFIER)
     stacked = stacked_mnist.build(data.y_train, params.stacked_mnist.size, params.stacked_mnist.seed)
