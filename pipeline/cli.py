@@ -10,7 +10,7 @@ import typer
 
 from pipeline.common.console import report_error, stderr
 from pipeline.common.errors import GanpipeError
-from pipeline.common.tracking import EXPERIMENT
+from pipeline.common.mlflow_store import EXPERIMENT
 from pipeline.instrument.sample_count import MAX_SAMPLES
 
 MAX_GRID = 10_000  # a 100 x 100 grid of 28-pixel digits is already 2,800 pixels square

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from pipeline.instrument import evaluator, reference
-from pipeline.common import cpu_threads, layout, tables, tracking
+from pipeline.common import cpu_threads, layout, mlflow_store, run_identity, run_lifecycle, tables
 from pipeline.common.console import run_main, stderr
 from pipeline.data.mnist import load_prepared
 from pipeline.common.params import load_params
@@ -16,7 +16,7 @@ from pipeline.reports.neighbours import nearest_training
 def main() -> None:
     params = load_params()
     cpu_threads.use(params.evaluator.threads)
-    tracking.check_store(tracking.tracking_uri(layout.repo_root()))  # a bad store fails before the work
+    mlflow_store.check_store(mlflow_store.tracking_uri(layout.repo_root()))  # a bad store fails before the work
     run_id = json.loads(layout.RUN_INFO.read_text())["run_id"]
     with stderr.status("finding the samples' nearest training images"):
         with np.load(layout.SAMPLES) as f:
@@ -49,7 +49,7 @@ def main() -> None:
         neighbours=panel,
         run_id=run_id,
         evaluator_accuracy=float(ref.test_accuracy),
-        dvc_exp=tracking.identity_tags(params.model, params.seed)["dvc_exp_name"],
+        dvc_exp=run_identity.identity_tags(params.model, params.seed)["dvc_exp_name"],
     )
     with stderr.status("drawing the report"):
         doc = run_report.build(inputs)
@@ -57,7 +57,7 @@ def main() -> None:
 
     import mlflow
 
-    with tracking.reopen_run(layout.repo_root(), run_id, params.model, params.seed):
+    with run_lifecycle.reopen_run(layout.repo_root(), run_id, params.model, params.seed):
         mlflow.log_artifact(str(layout.REPORTS_DIR / "report.html"), "report")
         mlflow.log_artifact(str(layout.REPORTS_DIR / "report.md"), "report")
         # The markdown links figures/<name>.png, so they sit beside it in the run's artifacts too.

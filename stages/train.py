@@ -2,7 +2,7 @@
 
 import yaml
 
-from pipeline.common import atomic, layout, tables, tracking
+from pipeline.common import atomic, layout, mlflow_store, run_lifecycle, tables
 from pipeline.common.console import StageProgress, quiet_mlflow, run_main
 from pipeline.common.params import load_params
 from pipeline.data import stacked_mnist, training_set
@@ -16,7 +16,7 @@ from pipeline.instrument import evaluator, reference
 def main() -> None:
     params = load_params()
     root = layout.repo_root()
-    tracking.check_store(tracking.tracking_uri(root))  # a bad MLFLOW_TRACKING_URI fails before any loading
+    mlflow_store.check_store(mlflow_store.tracking_uri(root))  # a bad MLFLOW_TRACKING_URI fails before any loading
     training_set.check(params.dataset, params.model, params.variant.conditional)
     data = load_prepared(layout.PREPARED)
     stacked = stacked_mnist.load(layout.STACKED) if params.dataset == "stacked-mnist" else None
@@ -27,7 +27,7 @@ def main() -> None:
             params, root, data, classifier, ref, progress=lambda done, total, **latest: bar.update(done, **latest),
             stacked=stacked,
         )
-    with tracking.run_outcome(result.run_id):  # interrupted while saving: KILLED, never FINISHED
+    with run_lifecycle.run_outcome(result.run_id):  # interrupted while saving: KILLED, never FINISHED
         diverged = [result.diverged.get(r) for r in range(params.replicas)]
         channels = training_set.CHANNELS[params.dataset]
         save_generators(layout.GENERATOR, result.generators(), params.variant, result.seeds, diverged, channels)

@@ -52,3 +52,11 @@ def test_equal_content_saved_twice_gives_equal_bytes(tmp_path):
     atomic.save_npz(tmp_path / "x.npz", images=np.ones((2, 28, 28), np.uint8))
     atomic.save_npz(tmp_path / "b" / "x.npz", images=np.ones((2, 28, 28), np.uint8))
     assert digest(tmp_path / "x.npz") == digest(tmp_path / "b" / "x.npz")
+
+
+def test_every_code_dependency_exists():
+    """A moved or renamed module must be renamed in dvc.yaml too: DVC refuses a stage with a missing dep."""
+    for name, stage in stages().items():
+        for dep in stage["deps"]:
+            if dep.startswith(("pipeline/", "stages/")):
+                assert (REPO / dep).exists(), f"stage {name}: {dep} does not exist"

@@ -2,7 +2,7 @@
 
 The per-run report runs after the real evaluate stage (stages.evaluate) in a temporary workspace with a
 quickly trained evaluator; the comparison reads runs logged through the pipeline's own tracking code
-(tracking.connect, run_identity, log_params_flat, MetricBuffer, reopen_run), shaped like training and
+(mlflow_store.connect, run_identity, log_params_flat, MetricBuffer, reopen_run), shaped like training and
 evaluation log them. Budgets are tiny; training itself is tested elsewhere.
 """
 
@@ -179,7 +179,7 @@ def workspace(tmp_path_factory, mnist, store):
     import mlflow
     import torch
 
-    from pipeline.common import atomic, layout, tables, tracking
+    from pipeline.common import atomic, layout, mlflow_store, run_identity, run_logging, tables
     from pipeline.instrument import evaluator, reference
     from pipeline.instrument.calibration import calibrate
     from pipeline.data.mnist import MNIST
@@ -226,11 +226,11 @@ def workspace(tmp_path_factory, mnist, store):
         losses, curve = _training_curves(np.arange(20, 420, 20), replicas=2)
         tables.write_long_and_replica0(layout.LOSS_HISTORY, layout.LOSS_HISTORY_PLOT, losses.to_dict("records"))
         tables.write_long_and_replica0(layout.COLLAPSE_CURVE, layout.COLLAPSE_CURVE_PLOT, curve.to_dict("records"))
-        experiment_id = tracking.connect(ws)
-        name, tags = tracking.run_identity(params.model, params.seed)
+        experiment_id = mlflow_store.connect(ws)
+        name, tags = run_identity.run_identity(params.model, params.seed)
         children = []
         with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "replicas": "3"}) as run:
-            tracking.log_params_flat(flatten(params))
+            run_logging.log_params_flat(flatten(params))
             for r, s in enumerate(seeds):
                 with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-r{r}", nested=True,
                                       tags={**tags, "replica": str(r), "replica_seed": str(s)}) as child:
@@ -496,18 +496,18 @@ def _log_pipeline_run(root: Path, model: str, seed: int, evaluation: dict | None
     import mlflow
 
     from pipeline.gan import sampling
-    from pipeline.common import tracking
+    from pipeline.common import mlflow_store, run_identity, run_lifecycle, run_logging
     from pipeline.instrument.evaluation import metrics_for_dvc
     from pipeline.common.params import flatten, parse_params
 
     raw = tiny_params()
     raw.update(model=model, seed=seed)
     params = parse_params(raw)
-    experiment_id = tracking.connect(root)
-    name, tags = tracking.run_identity(model, seed)
+    experiment_id = mlflow_store.connect(root)
+    name, tags = run_identity.run_identity(model, seed)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
-    tracking.log_params_flat(flatten(params))
-    metrics = tracking.MetricBuffer(run.info.run_id)
+    run_logging.log_params_flat(flatten(params))
+    metrics = run_logging.MetricBuffer(run.info.run_id)
     for step in range(20, 220, 20):
         losses = {"d_loss": -1.0 / step, "g_loss": 0.7}
         if params.variant.objective == "wasserstein":
@@ -520,7 +520,7 @@ def _log_pipeline_run(root: Path, model: str, seed: int, evaluation: dict | None
     mlflow.end_run(status=status)
     if evaluation is not None:
         grid = sampling.tile(np.random.default_rng(seed).random((100, 28, 28), dtype=np.float32), 10, 10)
-        with tracking.reopen_run(root, run.info.run_id, model, seed):
+        with run_lifecycle.reopen_run(root, run.info.run_id, model, seed):
             mlflow.log_metrics({f"eval_{k}": v for k, v in metrics_for_dvc(evaluation).items()})
             mlflow.set_tags({"collapse": evaluation["collapse"]["kind"]})
             mlflow.log_dict(evaluation, "evaluation/evaluation.json")
@@ -549,20 +549,21 @@ def _log_training(root: Path, model: str, seed: int, kinds: list[str | None]) ->
     evaluate stage's own MLflow code (replica_tracking.log_evaluation)."""
     import mlflow
 
-    from pipeline.common import replica_tracking, tracking
+    from pipeline.common import mlflow_store, run_identity, run_logging
+    from pipeline.instrument import replica_tracking
     from pipeline.gan import sampling
     from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_document
 
-    experiment_id = tracking.connect(root)
-    name, tags = tracking.run_identity(model, seed)
+    experiment_id = mlflow_store.connect(root)
+    name, tags = run_identity.run_identity(model, seed)
     children = []
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "replicas": str(len(kinds))}) as parent:
         for r, kind in enumerate(kinds):
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-r{r}", nested=True,
                                   tags={**tags, "replica": str(r), "replica_seed": str(1000 * seed + r)}) as child:
-                metrics = tracking.MetricBuffer(child.info.run_id)
+                metrics = run_logging.MetricBuffer(child.info.run_id)
                 for step in range(40, 240, 40):
-                    metrics.add(step, tracking.metric_names(tracking.TRAIN, {
+                    metrics.add(step, run_logging.metric_names(run_logging.TRAIN, {
                         "d_loss": -1.0 / step, "g_loss": 0.7, "fld": 1000.0 / step + r, "class_coverage": 10}))
                 metrics.flush()
                 children.append(child.info.run_id)
@@ -803,10 +804,10 @@ def test_compare_on_a_missing_store_says_so_and_creates_nothing(tmp_path, monkey
 
 
 def test_compare_on_an_empty_store_says_so(tmp_path, monkeypatch):
-    from pipeline.common import tracking
+    from pipeline.common import mlflow_store
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    tracking.connect(tmp_path)  # the store and the ganpipe experiment exist, without a single run
+    mlflow_store.connect(tmp_path)  # the store and the ganpipe experiment exist, without a single run
     result = _compare("--out-dir", str(tmp_path / "out"))
     _assert_user_error(result, 'experiment "ganpipe"', "no finished pipeline run", "dvc repro")
     assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import sqlite3
 import mlflow
 import pytest
 
-from pipeline.common import tracking
+from pipeline.common import mlflow_store, run_lifecycle
 from pipeline.common.errors import GanpipeError, Interrupted
 from pipeline.reports import store
 
@@ -25,7 +25,7 @@ def repo_root(tmp_path, monkeypatch):
 
 
 def start(root, name: str, model: str = "vanilla", seed: str = "0") -> str:
-    experiment_id = tracking.connect(root)
+    experiment_id = mlflow_store.connect(root)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={"model": model, "seed": seed})
     return run.info.run_id
 
@@ -46,18 +46,18 @@ def test_ctrl_c_sigterm_and_errors_end_the_run_killed_or_failed_and_compare_skip
     }.items():
         run_id = start(repo_root, name)
         with pytest.raises((KeyboardInterrupt, GanpipeError, ZeroDivisionError)):
-            with tracking.run_outcome(run_id):
+            with run_lifecycle.run_outcome(run_id):
                 fault()
         assert mlflow.active_run() is None  # popped: MLflow's exit handler cannot mark it FINISHED
         outcomes[name] = status(run_id)
     assert outcomes == {"ctrl-c": "KILLED", "sigterm": "KILLED", "interrupted": "KILLED", "error": "FAILED"}
     failed = mlflow.search_runs(filter_string="attributes.status = 'FAILED'", output_format="list",
-                                experiment_names=[tracking.EXPERIMENT])
+                                experiment_names=[mlflow_store.EXPERIMENT])
     assert failed[0].data.tags["failure_reason"] == "ZeroDivisionError: division by zero"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the block
 
     run_id = start(repo_root, "completes")
-    with tracking.run_outcome(run_id):
+    with run_lifecycle.run_outcome(run_id):
         pass
     assert status(run_id) == "RUNNING"  # the caller ends it after its last logging
     mlflow.end_run(status="KILLED")
@@ -65,7 +65,7 @@ def test_ctrl_c_sigterm_and_errors_end_the_run_killed_or_failed_and_compare_skip
     # `ganpipe compare` takes the latest FINISHED run of each model and seed: the complete one, not
     # the later interrupted or failed ones.
     uri = store.open_store(repo_root)
-    frame = store.select_runs(uri, tracking.EXPERIMENT, [], [])
+    frame = store.select_runs(uri, mlflow_store.EXPERIMENT, [], [])
     assert list(frame["run_id"]) == [finished]
 
 
@@ -133,7 +133,7 @@ def test_a_tracking_uri_naming_a_text_file_or_a_folder_store_is_refused(tmp_path
     make(target)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     with pytest.raises(GanpipeError, match=says) as info:
-        tracking.check_store(uri.format(p=target))
+        mlflow_store.check_store(uri.format(p=target))
     assert "MLFLOW_TRACKING_URI" in str(info.value)
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.common import tracking, views
+from pipeline.common import mlflow_store, run_description, run_logging, views
 from pipeline.common.console import StageProgress
 from pipeline.common.params import parse_params
 from tests.conftest import REPO, tiny_params
@@ -29,9 +29,9 @@ def _params(model: str):
 def test_a_run_logs_only_its_own_variant_with_grouped_names(tmp_path, monkeypatch):
     # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which would point at an earlier test's store.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    experiment_id = tracking.connect(tmp_path)  # a real sqlite store in tmp_path
+    experiment_id = mlflow_store.connect(tmp_path)  # a real sqlite store in tmp_path
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        tracking.log_params_flat(tracking.run_params(_params("wgan")))
+        run_logging.log_params_flat(run_logging.run_params(_params("wgan")))
     logged = mlflow.MlflowClient().get_run(run.info.run_id).data.params
     assert logged["model"] == "wgan" and logged["seed"] == "0"
     assert logged["variant/objective"] == "wasserstein" and logged["variant/n_critic"] == "5"
@@ -45,11 +45,11 @@ def test_a_run_logs_only_its_own_variant_with_grouped_names(tmp_path, monkeypatc
     assert {k for k in logged if k.startswith("variant/")} == {f"variant/{f}" for f in VariantParams.model_fields}
     # MLflow 3 opens this experiment in the model-training view, not the GenAI one.
     tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
-    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert tags[mlflow_store.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
 
 def test_the_params_of_two_variants_differ_in_what_makes_them_different():
-    vanilla, wgan = tracking.run_params(_params("vanilla")), tracking.run_params(_params("wgan"))
+    vanilla, wgan = run_logging.run_params(_params("vanilla")), run_logging.run_params(_params("wgan"))
     differ = {k for k in vanilla if vanilla[k] != wgan.get(k)}
     assert differ == {"model", "variant/objective", "variant/optimizer", "variant/lr", "variant/n_critic", "variant/clip"}
 
@@ -64,13 +64,13 @@ def _result(kind: str, confidence: float) -> dict:
 
 
 def test_the_run_description_and_the_verdict_line_carry_the_verdict_and_its_evidence():
-    text = tracking.describe_verdict(_result("inter-class", 0.36), exp_name="wgan-tiny")
+    text = run_description.describe_verdict(_result("inter-class", 0.36), exp_name="wgan-tiny")
     assert text.startswith("**Mode collapse: inter-class**")
     assert "- only 3 of 10 digits have >= 0.25 of their MNIST share" in text
     assert "FLD 321.5" in text and "mean confidence 0.36" in text
     assert "not recognisable digits" in text  # 0.36: mostly blobs
     assert "dvc exp apply wgan-tiny" in text
-    healthy = tracking.describe_verdict(_result("none", 0.97))
+    healthy = run_description.describe_verdict(_result("none", 0.97))
     assert healthy.startswith("**No mode collapse detected**") and "not recognisable" not in healthy
     line = views.verdict_line(_result("inter-class", 0.36))
     assert "\n" not in line and line.startswith("verdict: mode collapse (inter-class): FLD 321.5, 3/10 digits")
@@ -134,8 +134,8 @@ def test_sample_refuses_two_generator_choices_and_an_unknown_run(tmp_path, monke
     runner = CliRunner()
     both = runner.invoke(app, ["sample", "--exp", "wgan-tiny", "--run-id", "abc", "--out", str(tmp_path / "x.png")])
     assert both.exit_code != 0 and "pass only one of them" in both.output and "Traceback" not in both.output
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(tmp_path))
-    tracking.connect(tmp_path)  # an empty but real store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store.tracking_uri(tmp_path))
+    mlflow_store.connect(tmp_path)  # an empty but real store
     unknown = runner.invoke(app, ["sample", "--run-id", "0123456789abcdef", "--out", str(tmp_path / "x.png")])
     assert unknown.exit_code != 0 and "holds no run '0123456789abcdef'" in unknown.output
     assert not (tmp_path / "x.png").exists()

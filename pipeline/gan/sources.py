@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pipeline.common import layout, tracking
+from pipeline.common import layout, run_logging
 from pipeline.common.errors import GanpipeError
 from pipeline.common.params import VariantParams
 
@@ -56,7 +56,7 @@ def from_mlflow_run(root: Path, run_id: str, replica: int = 0):
         ) from None
     run = _replica_child(run, replica)
     run_id = run.info.run_id
-    prefix = tracking.metric_name(tracking.VARIANT, "")
+    prefix = run_logging.metric_name(run_logging.VARIANT, "")
     logged = {k.removeprefix(prefix): v for k, v in run.data.params.items() if k.startswith(prefix)}
     try:
         variant = VariantParams.model_validate({k: _param(v) for k, v in logged.items()})

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pipeline.common import cpu_threads, devices, tracking
+from pipeline.common import cpu_threads, devices, mlflow_store, run_identity, run_lifecycle, run_logging
 from pipeline.common.errors import Interrupted, TrainingDiverged
 from pipeline.common.params import Params
 from pipeline.data.mnist import MNIST
@@ -85,30 +85,44 @@ def train_tracked(
 ) -> RunResult:
     """Train every replica; `trainer_hook(trainer, step)` runs after each loss reading (tests use it).
     With `stacked` (the `stack` stage's index triples) the training set is Stacked MNIST."""
-    import mlflow
-
-    v, t = params.variant, params.train
-    device = devices.resolve(t.device)
-    n_threads = threads.resolve(t.threads, device.type)
+    device = devices.resolve(params.train.device)
+    n_threads = threads.resolve(params.train.threads, device.type)
     torch.set_num_threads(n_threads)
     fp = checkpoints.fingerprint(params, device)
     ckpt_path = checkpoints.path_for(root, params, fp)
     saved = checkpoints.load(ckpt_path, fp)
-    experiment_id = tracking.connect(root)  # fails fast on a bad MLFLOW_TRACKING_URI
+    experiment_id = mlflow_store.connect(root)  # fails fast on a bad MLFLOW_TRACKING_URI
+    result = _new_or_resumed_result(params, data, device, n_threads, saved, stacked)
+    _open_runs(params, result, saved, experiment_id, device)
+    hooks = _TrainingHooks(params, result, classifier, ref, stacked, progress, trainer_hook, ckpt_path, fp)
+    _fit_tracked(params, result, hooks, ckpt_path)
+    result.final_losses = _final_losses(result.losses)
+    return result
 
+
+def _new_or_resumed_result(params: Params, data: MNIST, device: torch.device, n_threads: int,
+                           saved: dict[str, Any] | None, stacked: StackedMNIST | None) -> RunResult:
+    """The replicas' trainer on the training set, restored from the checkpoint `saved` when there is one."""
     seeds = replica_seeds(params.seed, params.replicas)
     images, labels = training_rows(data, device, stacked)
     # One replica runs as plain (unbatched) calls: vmap only pays off when there is something to batch.
-    trainer = Trainer(v, images, labels, seeds, batched=params.replicas > 1)
+    trainer = Trainer(params.variant, images, labels, seeds, batched=params.replicas > 1)
     result = RunResult(trainer, "", [], seeds, device=str(device), threads=n_threads)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
         result.losses, result.collapse_curve = saved["losses"], saved["collapse_curve"]
         result.diverged = {int(r): reason for r, reason in saved["diverged"].items()}
         result.resumed_from = trainer.step
+    return result
 
-    run_name, tags = tracking.training_identity(params.model, params.seed, params.replicas)
-    run = tracking.retry_locked(
+
+def _open_runs(params: Params, result: RunResult, saved: dict[str, Any] | None, experiment_id: str,
+               device: torch.device) -> None:
+    """Start the parent run and one child run per replica, or re-enter those of the checkpoint `saved`."""
+    import mlflow
+
+    run_name, tags = run_identity.training_identity(params.model, params.seed, params.replicas)
+    run = mlflow_store.retry_locked(
         lambda: mlflow.start_run(
             run_id=saved["run_id"] if saved else None,
             experiment_id=None if saved else experiment_id,
@@ -120,122 +134,158 @@ def train_tracked(
     result.run_id = run.info.run_id
     # Grouped params (variant/…, train/…, eval/…) on the parent and on each child, so the compare page
     # diffs children of different trainings as well as parents.
-    flat = {**tracking.run_params(params), "train/resolved_device": str(device)}
+    flat = {**run_logging.run_params(params), "train/resolved_device": str(device)}
     if saved:
         result.replica_run_ids = saved["replica_run_ids"]
-        tracking.reopen_runs([result.replica_run_ids[r] for r in trainer.live])
+        run_lifecycle.reopen_runs([result.replica_run_ids[r] for r in result.trainer.live])
         # A resumed experiment may carry a new DVC experiment name: parent and children follow it.
-        tracking.retry_locked(lambda: mlflow.set_tags(tracking.identity_tags(params.model, params.seed)))
+        mlflow_store.retry_locked(lambda: mlflow.set_tags(run_identity.identity_tags(params.model, params.seed)))
         for r, run_id in enumerate(result.replica_run_ids):
-            tracking.set_tags_on(run_id, tracking.identity_tags(params.model, params.seed, replica=r))
+            run_identity.set_tags_on(run_id, run_identity.identity_tags(params.model, params.seed, replica=r))
     else:
-        tracking.log_params_flat(flat)
-        result.replica_run_ids = tracking.start_replica_runs(
-            experiment_id, result.run_id, run_name, tags, seeds, flat
+        run_logging.log_params_flat(flat)
+        result.replica_run_ids = run_lifecycle.start_replica_runs(
+            experiment_id, result.run_id, run_name, tags, result.seeds, flat
         )
-    buffers = {r: tracking.MetricBuffer(run_id) for r, run_id in enumerate(result.replica_run_ids)}
 
-    def flush() -> None:
-        for buffer in buffers.values():
+
+class _TrainingHooks:
+    """The trainer's hooks: loss readings, collapse checks, sample grids and checkpoints, each recorded in
+    `result`, in the replicas' MLflow runs (buffered) and on the progress bar."""
+
+    def __init__(self, params: Params, result: RunResult, classifier: MnistCNN, ref: Reference,
+                 stacked: StackedMNIST | None, progress: Callable[..., None],
+                 trainer_hook: Callable[[Trainer, int], None], ckpt_path: Path, fp: str):
+        self.params, self.result, self.trainer = params, result, result.trainer
+        self.classifier, self.ref, self.stacked = classifier, ref, stacked
+        self.progress, self.trainer_hook = progress, trainer_hook
+        self.ckpt_path, self.fp = ckpt_path, fp
+        self.buffers = {r: run_logging.MetricBuffer(run_id) for r, run_id in enumerate(result.replica_run_ids)}
+        self.eval_n = params.train.eval_samples
+        self.eval_labels = _quick_eval_labels(self.eval_n, params.seed, ref) if params.variant.conditional else None
+        self.grid_seed = params.seed + GRID_SEED_OFFSET
+
+    def hooks(self) -> Hooks:
+        return Hooks(self.on_log, self.on_eval, self.on_sample, self.on_checkpoint)
+
+    def flush(self) -> None:
+        for buffer in self.buffers.values():
             buffer.flush()
 
-    eval_n = t.eval_samples
-    eval_labels = _quick_eval_labels(eval_n, params.seed, ref) if v.conditional else None
-    grid_seed = params.seed + GRID_SEED_OFFSET
-
-    def on_log(step: int, losses: dict[int, dict[str, float]]) -> None:
+    def on_log(self, step: int, losses: dict[int, dict[str, float]]) -> None:
+        params, result, trainer = self.params, self.result, self.trainer
         for r, replica_losses in losses.items():
             result.losses.append({"step": step, "replica": r, **replica_losses})
-            buffers[r].add(step, tracking.metric_names(tracking.TRAIN, replica_losses))
+            self.buffers[r].add(step, run_logging.metric_names(run_logging.TRAIN, replica_losses))
         for r, divergence in trainer.diverged.items():
             if r not in result.diverged:  # newly diverged: close its child run now, the others go on
-                reason = divergence_reason(params, r, seeds[r], divergence.what, divergence.step)
+                reason = divergence_reason(params, r, result.seeds[r], divergence.what, divergence.step)
                 result.diverged[r] = reason
-                buffers[r].flush()
-                tracking.end_run_failed(result.replica_run_ids[r], reason)
+                self.buffers[r].flush()
+                run_lifecycle.end_run_failed(result.replica_run_ids[r], reason)
                 print(f"warning: {reason}; the other replicas continue", file=sys.stderr)
-        trainer_hook(trainer, step)
+        self.trainer_hook(trainer, step)
         live = {r: replica_losses for r, replica_losses in losses.items() if r not in trainer.diverged}
-        progress(step, v.iterations, **(median_over_replicas(live) if live else {}))
+        self.progress(step, params.variant.iterations, **(median_over_replicas(live) if live else {}))
 
-    def on_eval(step: int) -> None:
+    def on_eval(self, step: int) -> None:
         quick_by_replica = {}
-        for r in trainer.live:
-            with cpu_threads.scoped(params.evaluator.threads):  # the instrument's count, not the training's
-                quick = quick_metrics(r, step)
-            result.collapse_curve.append({"step": step, "replica": r, **quick})
-            buffers[r].add(step, tracking.metric_names(tracking.TRAIN, quick))
+        for r in self.trainer.live:
+            with cpu_threads.scoped(self.params.evaluator.threads):  # the instrument's count, not the training's
+                quick = self.quick_metrics(r, step)
+            self.result.collapse_curve.append({"step": step, "replica": r, **quick})
+            self.buffers[r].add(step, run_logging.metric_names(run_logging.TRAIN, quick))
             quick_by_replica[r] = quick
         if quick_by_replica:
             median = median_over_replicas(quick_by_replica)
-            progress(step, v.iterations, coverage=median["class_coverage"], fld=median["fld"])
+            self.progress(step, self.params.variant.iterations, coverage=median["class_coverage"], fld=median["fld"])
 
-    def quick_metrics(r: int, step: int) -> dict[str, float]:
-        imgs = sampling.sample(trainer.replica_generator(r), eval_n, seed=params.seed + step, labels=eval_labels)
-        quick = evaluation.quick_metrics(imgs, classifier, ref, params.evaluate.verdict.min_share_ratio)
-        if stacked is not None:  # the digits above are pooled over channels; modes count the triples
-            quick.update(quick_modes(classifier, imgs))
+    def quick_metrics(self, r: int, step: int) -> dict[str, float]:
+        generator = self.trainer.replica_generator(r)
+        imgs = sampling.sample(generator, self.eval_n, seed=self.params.seed + step, labels=self.eval_labels)
+        quick = evaluation.quick_metrics(imgs, self.classifier, self.ref, self.params.evaluate.verdict.min_share_ratio)
+        if self.stacked is not None:  # the digits above are pooled over channels; modes count the triples
+            quick.update(quick_modes(self.classifier, imgs))
         return quick
 
-    def on_sample(step: int) -> None:
-        flush()
-        client = mlflow.MlflowClient()
-        for r in trainer.live:
-            grid = sampling.sample_grid(trainer.replica_generator(r), grid_seed)
-            run_id = result.replica_run_ids[r]
-            tracking.retry_locked(lambda: client.log_image(run_id, grid, key="samples", step=step))
+    def on_sample(self, step: int) -> None:
+        import mlflow
 
-    def on_checkpoint(step: int) -> None:
-        flush()
+        self.flush()
+        client = mlflow.MlflowClient()
+        for r in self.trainer.live:
+            grid = sampling.sample_grid(self.trainer.replica_generator(r), self.grid_seed)
+            run_id = self.result.replica_run_ids[r]
+            mlflow_store.retry_locked(lambda: client.log_image(run_id, grid, key="samples", step=step))
+
+    def on_checkpoint(self, step: int) -> None:
+        self.flush()
+        result = self.result
         checkpoints.save(
-            ckpt_path,
+            self.ckpt_path,
             {
-                "fingerprint": fp,
+                "fingerprint": self.fp,
                 "run_id": result.run_id,
                 "replica_run_ids": result.replica_run_ids,
-                "trainer": trainer.state_dict(),
+                "trainer": self.trainer.state_dict(),
                 "losses": result.losses,
                 "collapse_curve": result.collapse_curve,
                 "diverged": result.diverged,
             },
         )
 
+
+def _fit_tracked(params: Params, result: RunResult, hooks: _TrainingHooks, ckpt_path: Path) -> None:
+    """Run the training loop inside the parent run's outcome: an interruption ends every run KILLED and
+    leaves the checkpoint to resume from; all replicas diverging ends every run FAILED."""
+    trainer, v, t = result.trainer, params.variant, params.train
     schedule = Schedule(v.iterations, t.log_every, t.checkpoint_every, t.sample_every, t.eval_every)
     if trainer.step == 0:
-        on_sample(0)  # the untrained generator's grid: MLflow's image slider starts at step 0
+        hooks.on_sample(0)  # the untrained generator's grid: MLflow's image slider starts at step 0
     start = time.perf_counter()
     try:
-        with tracking.run_outcome(result.run_id):  # Ctrl-C/SIGTERM: KILLED; any other error: FAILED
-            fit(trainer, schedule, Hooks(on_log, on_eval, on_sample, on_checkpoint))
+        with run_lifecycle.run_outcome(result.run_id):  # Ctrl-C/SIGTERM: KILLED; any other error: FAILED
+            fit(trainer, schedule, hooks.hooks())
     except KeyboardInterrupt:
         for r in trainer.live:  # the replicas' child runs end with their parent
-            tracking.end_run(result.replica_run_ids[r], "KILLED")
+            run_lifecycle.end_run(result.replica_run_ids[r], "KILLED")
         raise Interrupted(_interrupted_message(params, ckpt_path)) from None
     except NonFiniteTraining:
-        flush()
-        for r, divergence in trainer.diverged.items():
-            if r not in result.diverged:
-                result.diverged[r] = divergence_reason(params, r, seeds[r], divergence.what, divergence.step)
-                tracking.end_run_failed(result.replica_run_ids[r], result.diverged[r])
-        summary = f"all {params.replicas} replicas of model {params.model} diverged, the last by generator iteration {trainer.step}"
-        tracking.end_run_failed(result.run_id, f"{summary}: " + "; ".join(result.diverged.values()))
-        mlflow.end_run(status="FAILED")
-        last_good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was reached"
-        first = result.diverged[min(result.diverged)]
-        raise TrainingDiverged(
-            f"{summary} ({first}; see MLflow for each replica); {last_good}. Lower variants.{params.model}.lr, "
-            "switch the objective to bce_logits (numerically stable), or change the seed in params.yaml, then "
-            "run `dvc repro` again."
-        ) from None
+        hooks.flush()
+        _fail_all_diverged(params, result, ckpt_path)
     result.seconds = time.perf_counter() - start
-    flush()
-    last_step = max(row["step"] for row in result.losses)
-    result.final_losses = {
+    hooks.flush()
+
+
+def _fail_all_diverged(params: Params, result: RunResult, ckpt_path: Path) -> None:
+    """Every replica diverged: end each run FAILED with its reason and raise TrainingDiverged."""
+    import mlflow
+
+    trainer = result.trainer
+    for r, divergence in trainer.diverged.items():
+        if r not in result.diverged:
+            result.diverged[r] = divergence_reason(params, r, result.seeds[r], divergence.what, divergence.step)
+            run_lifecycle.end_run_failed(result.replica_run_ids[r], result.diverged[r])
+    summary = f"all {params.replicas} replicas of model {params.model} diverged, the last by generator iteration {trainer.step}"
+    run_lifecycle.end_run_failed(result.run_id, f"{summary}: " + "; ".join(result.diverged.values()))
+    mlflow.end_run(status="FAILED")
+    last_good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was reached"
+    first = result.diverged[min(result.diverged)]
+    raise TrainingDiverged(
+        f"{summary} ({first}; see MLflow for each replica); {last_good}. Lower variants.{params.model}.lr, "
+        "switch the objective to bce_logits (numerically stable), or change the seed in params.yaml, then "
+        "run `dvc repro` again."
+    ) from None
+
+
+def _final_losses(losses: list[dict[str, float]]) -> dict[int, dict[str, float]]:
+    """Each replica's last loss reading (a diverged replica's stop earlier and are left out)."""
+    last_step = max(row["step"] for row in losses)
+    return {
         row["replica"]: {k: val for k, val in row.items() if k not in ("step", "replica")}
-        for row in result.losses
+        for row in losses
         if row["step"] == last_step
     }
-    return result
 
 
 def _interrupted_message(params: Params, ckpt_path: Path) -> str:
@@ -263,21 +313,21 @@ def finish_run(result: RunResult, iterations: int) -> None:
     speed = trained / result.seconds if result.seconds else 0.0
     mlflow.log_metrics(
         {
-            tracking.metric_name(tracking.TRAIN, "seconds"): result.seconds,
+            run_logging.metric_name(run_logging.TRAIN, "seconds"): result.seconds,
             # per replica: every live replica advances together
-            tracking.metric_name(tracking.TRAIN, "generator_it_per_s"): speed,
-            tracking.metric_name(tracking.TRAIN, "replica_it_per_s"): speed * models,
-            tracking.metric_name(tracking.TRAIN, "threads"): result.threads,
-            tracking.metric_name(tracking.TRAIN, "replicas_diverged"): len(result.diverged),
+            run_logging.metric_name(run_logging.TRAIN, "generator_it_per_s"): speed,
+            run_logging.metric_name(run_logging.TRAIN, "replica_it_per_s"): speed * models,
+            run_logging.metric_name(run_logging.TRAIN, "threads"): result.threads,
+            run_logging.metric_name(run_logging.TRAIN, "replicas_diverged"): len(result.diverged),
         }
     )
     parent = mlflow.active_run()
     for r, generator in enumerate(result.generators()):
         if generator is None:
             continue
-        with tracking.retry_locked(lambda: mlflow.start_run(run_id=result.replica_run_ids[r], nested=True)):
+        with mlflow_store.retry_locked(lambda: mlflow.start_run(run_id=result.replica_run_ids[r], nested=True)):
             final = {f"final_{k}": val for k, val in result.final_losses[r].items()}
-            mlflow.log_metrics(tracking.metric_names(tracking.TRAIN, final))
+            mlflow.log_metrics(run_logging.metric_names(run_logging.TRAIN, final))
             _log_generator_model(generator)
     assert mlflow.active_run().info.run_id == parent.info.run_id
     mlflow.end_run()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.common import tracking
+from pipeline.common import run_description
 from pipeline.reports import charts, wgan_signal
 from pipeline.reports.document import (
     MISSING, Bullets, Callout, Document, Figure, Gallery, Heading, Paragraph, Table,
@@ -161,7 +161,7 @@ def _replicas(inputs: RunInputs) -> list:
 def _quality(e: dict[str, Any], calibration: dict[str, Any]) -> list:
     """Quality beside diversity: a diversity verdict on samples that are not digits says little (read on the
     median over the evaluated replicas)."""
-    note = tracking.quality_note(e["summary"], calibration["real"].get("mean_confidence", {}).get("mean"))
+    note = run_description.quality_note(e["summary"], calibration["real"].get("mean_confidence", {}).get("mean"))
     return [Callout("Samples are mostly not digits", note, "warn")] if note else []
 
 

@@ -22,18 +22,18 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from pipeline.common import tracking
+from pipeline.common import mlflow_store, run_logging
 from pipeline.common.errors import GanpipeError
 
 # MLflow metric name -> the history column the comparison reads (the in-training checks keep a train_ prefix
 # there, apart from the final evaluation's metrics of the same name).
 HISTORY_KEYS = {
-    tracking.metric_name(tracking.TRAIN, key): column
+    run_logging.metric_name(run_logging.TRAIN, key): column
     for key, column in [("d_loss", "d_loss"), ("g_loss", "g_loss"), ("w_estimate", "w_estimate"),
                         ("fld", "train_fld"), ("class_coverage", "train_class_coverage"),
                         ("class_kl", "train_class_kl")]
 }
-EVAL_PREFIX = "metrics." + tracking.metric_name(tracking.EVAL, "")
+EVAL_PREFIX = "metrics." + run_logging.metric_name(run_logging.EVAL, "")
 LEGACY_EVAL_PREFIX = "metrics.eval_"  # runs logged before the grouped names
 _FIX = (
     "Run the pipeline first (`dvc repro`, then e.g. `dvc exp run -S model=wgan` for another variant) from the "
@@ -94,14 +94,14 @@ def open_store(root: Path) -> str:
     """Point MLflow at the pipeline's store (same rules as training) without creating one; return its URI."""
     import mlflow
 
-    uri = tracking.tracking_uri(root)
+    uri = mlflow_store.tracking_uri(root)
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]
     if scheme == "sqlite":
         db = Path(parsed.path)
         # Read-only: opening a database through MLflow would create MLflow's tables in it, so anything
         # but an existing MLflow database is refused before MLflow sees it.
-        kind = tracking.sqlite_kind(db)
+        kind = mlflow_store.sqlite_kind(db)
         if kind in ("missing", "empty"):
             raise GanpipeError(
                 f"there is no MLflow store at {db} (tracking URI {uri}): no run has been logged there. {_FIX}"
@@ -117,8 +117,8 @@ def open_store(root: Path) -> str:
         if not folder.is_dir():
             raise GanpipeError(f"there is no MLflow store at {folder} (tracking URI {uri}). {_FIX}")
     else:
-        tracking.check_store(uri)  # a server: fail fast when it is unreachable
-    tracking.use(uri)
+        mlflow_store.check_store(uri)  # a server: fail fast when it is unreachable
+    mlflow_store.use(uri)
     return uri
 
 
@@ -271,7 +271,7 @@ def fetch(row: pd.Series) -> RunData:
         history=_history(client, row["run_id"]) if single else pd.DataFrame({"step": []}),
         children=children,
         dvc_exp=row["tags.dvc_exp_name"] if isinstance(row["tags.dvc_exp_name"], str) else "",
-        url=tracking.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
+        url=mlflow_store.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
     )
 
 

@@ -4,7 +4,8 @@ the medians (eval/…) and a description summing up the replicas' verdicts.
 
 Child runs are written through MlflowClient, which never changes a run's status, so a diverged replica's
 child stays FAILED. When the store no longer holds a run (a new mlflow.db, or a generator restored from
-DVC's cache), the parent is restarted by `tracking.reopen_run` and missing children are created under it.
+DVC's cache), the parent is restarted by `run_lifecycle.reopen_run` and missing children are created
+under it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import tracking
+from pipeline.common import mlflow_store, run_description, run_identity, run_lifecycle, run_logging
 from pipeline.instrument.evaluation import metrics_for_dvc
 from pipeline.instrument.replica_summary import ReplicaOutcome
 
@@ -28,16 +29,16 @@ def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
             continue  # collapse_kind is text: the parent carries it as its `collapse` tag
         if key == "collapse_rate_ci":
             lo, hi = value
-            out[tracking.metric_name(tracking.EVAL, "collapse_rate_ci_lo")] = lo
-            out[tracking.metric_name(tracking.EVAL, "collapse_rate_ci_hi")] = hi
+            out[run_logging.metric_name(run_logging.EVAL, "collapse_rate_ci_lo")] = lo
+            out[run_logging.metric_name(run_logging.EVAL, "collapse_rate_ci_hi")] = hi
         else:
-            out[tracking.metric_name(tracking.EVAL, key)] = value
+            out[run_logging.metric_name(run_logging.EVAL, key)] = value
     return out
 
 
 def child_metrics(result: dict[str, Any]) -> dict[str, float]:
     """One replica's numbers as its child run logs them: eval/<key>."""
-    return {tracking.metric_name(tracking.EVAL, k): float(v) for k, v in metrics_for_dvc(result).items()}
+    return {run_logging.metric_name(run_logging.EVAL, k): float(v) for k, v in metrics_for_dvc(result).items()}
 
 
 def describe_replicas(summary: dict[str, Any], outcomes: list[ReplicaOutcome], exp_name: str = "") -> str:
@@ -73,12 +74,12 @@ def _child_run(client, parent_id: str, experiment_id: str, known: list[str], o: 
 
     if o.index < len(known):
         try:
-            tracking.retry_locked(lambda: client.get_run(known[o.index]))
+            mlflow_store.retry_locked(lambda: client.get_run(known[o.index]))
             return known[o.index], False
         except mlflow.exceptions.MlflowException:
             pass
     child_tags = {**tags, "mlflow.parentRunId": parent_id, "replica": str(o.index), "replica_seed": str(o.seed)}
-    run = tracking.retry_locked(
+    run = mlflow_store.retry_locked(
         lambda: client.create_run(experiment_id, run_name=f"{parent_name}-r{o.index}", tags=child_tags)
     )
     return run.info.run_id, True
@@ -91,7 +92,7 @@ def log_evaluation(root: Path, run_info: dict[str, Any], model: str, seed: int, 
     import mlflow
 
     known = list(run_info.get("replica_run_ids", []))
-    with tracking.reopen_run(root, run_info["run_id"], model, seed) as parent:
+    with run_lifecycle.reopen_run(root, run_info["run_id"], model, seed) as parent:
         # Only now: reopen_run points MLflow at the repo's store. A client made earlier would talk to
         # MLflow's default store in the working directory, a fresh one in a queued experiment's copy.
         client = mlflow.MlflowClient()
@@ -102,18 +103,18 @@ def log_evaluation(root: Path, run_info: dict[str, Any], model: str, seed: int, 
         for o in outcomes:
             child_id, created = _child_run(client, parent_id, parent_run.info.experiment_id, known, o, name, tags)
             if o.result is None:
-                tracking.retry_locked(lambda: client.set_tag(child_id, "collapse", "diverged"))
+                mlflow_store.retry_locked(lambda: client.set_tag(child_id, "collapse", "diverged"))
             else:
                 from mlflow.entities import Metric, RunTag
 
                 now = mlflow.utils.time.get_current_time_millis()
                 metrics = [Metric(k, v, now, 0) for k, v in child_metrics(o.result).items()]
-                described = tracking.verdict_tags(o.result, model, seed, calibration or {})
+                described = run_description.verdict_tags(o.result, model, seed, calibration or {})
                 run_tags = [RunTag("collapse", o.result["collapse"]["kind"]),
                             *(RunTag(k, v) for k, v in described.items())]
-                tracking.retry_locked(lambda: client.log_batch(child_id, metrics=metrics, tags=run_tags))
-                tracking.retry_locked(lambda: client.log_dict(child_id, o.result, "evaluation/evaluation.json"))
-                tracking.retry_locked(
+                mlflow_store.retry_locked(lambda: client.log_batch(child_id, metrics=metrics, tags=run_tags))
+                mlflow_store.retry_locked(lambda: client.log_dict(child_id, o.result, "evaluation/evaluation.json"))
+                mlflow_store.retry_locked(
                     lambda: client.log_image(child_id, grids[o.index], "evaluation/sample_grid.png")
                 )
             if created:
@@ -122,8 +123,8 @@ def log_evaluation(root: Path, run_info: dict[str, Any], model: str, seed: int, 
         mlflow.log_metrics(parent_metrics(summary))
         rate = f"{summary['collapsed']}/{summary['evaluated']}" if summary["evaluated"] else "none evaluated"
         # Not the `collapse` tag: that holds one replica's verdict kind (and an old single run's).
-        exp_name = tracking.identity_tags(model, seed)["dvc_exp_name"]
+        exp_name = run_identity.identity_tags(model, seed)["dvc_exp_name"]
         mlflow.set_tags({"collapse_rate": rate,
-                         tracking.DESCRIPTION_TAG: describe_replicas(summary, outcomes, exp_name)})
+                         run_description.DESCRIPTION_TAG: describe_replicas(summary, outcomes, exp_name)})
         mlflow.log_dict(document, "evaluation/evaluation.json")
     return parent_id
