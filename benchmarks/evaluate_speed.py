@@ -10,6 +10,7 @@ figures of a loaded machine only say how it compares with other figures taken in
 
     python benchmarks/evaluate_speed.py                    # 10k, 50k, 100k
     python benchmarks/evaluate_speed.py --sizes 50000 --json
+    python benchmarks/evaluate_speed.py --sizes 10000 --cpu-kernels native   # this CPU's fastest kernels
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.common import cpu_kernels  # noqa: E402
+
+# Before numpy and torch load: the kernels params.yaml asks for, or --cpu-kernels' (pipeline/common/cpu_kernels.py).
+cpu_kernels.pin_or_exit(ROOT / "params.yaml", cpu_kernels.mode_from_argv(sys.argv))
+
+import numpy as np  # noqa: E402
+
 from pipeline.common import layout  # noqa: E402
 from pipeline.data.mnist import load_prepared  # noqa: E402
-
 
 
 def phases(stderr: str) -> dict[str, float]:
@@ -49,7 +54,12 @@ def run(n: int, pixels: np.ndarray, folder: Path) -> dict:
     path = folder / f"real_{n}.npz"
     rng = np.random.default_rng(0)
     np.savez(path, images=pixels[rng.choice(len(pixels), n, replace=n > len(pixels))])
-    command = ["ganpipe", "evaluate", "--samples", str(path), "--max-samples", str(n)]
+    # `ganpipe evaluate` as the installed command runs it, with the kernels this benchmark pinned (the first
+    # pin of a process wins over the CLI's own, which would read params.yaml).
+    launcher = "import sys; from pipeline.common import cpu_kernels; cpu_kernels.pin_or_exit(mode=sys.argv.pop(1)); " \
+               "from pipeline.cli import app; app()"
+    mode = cpu_kernels.in_force()["requested"]
+    command = [sys.executable, "-c", launcher, mode, "evaluate", "--samples", str(path), "--max-samples", str(n)]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -64,6 +74,7 @@ def run(n: int, pixels: np.ndarray, folder: Path) -> dict:
         **phases(done.stderr),
         "peak_rss_mib": round(peak_mib),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "cpu_kernels": mode,
         "fld": result["fld"],
         "collapse": result["collapse"]["kind"],
         "verdict_samples": result.get("verdict_samples"),
@@ -74,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,50000,100000", help="comma-separated sample counts")
     parser.add_argument("--json", action="store_true", help="print one JSON object per size")
+    parser.add_argument("--cpu-kernels", choices=cpu_kernels.MODES,
+                        help="portable or native kernels (default: params.yaml's compute.cpu_kernels)")
     args = parser.parse_args()
     if not (ROOT / layout.CLASSIFIER).is_file():
         raise SystemExit(f"no evaluator at {layout.CLASSIFIER}: run `dvc repro evaluator` first")

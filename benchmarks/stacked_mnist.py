@@ -22,11 +22,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from pipeline.common import cpu_kernels  # noqa: E402
+
+# Before numpy and torch load: the kernels params.yaml asks for, or --cpu-kernels' (pipeline/common/cpu_kernels.py).
+cpu_kernels.pin_or_exit(ROOT / "params.yaml", cpu_kernels.mode_from_argv(sys.argv))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from pipeline.common import devices, layout  # noqa: E402
 from pipeline.common.errors import GanpipeError  # noqa: E402
@@ -137,6 +142,8 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu-kernels", choices=cpu_kernels.MODES,
+                        help="portable or native kernels (default: params.yaml's compute.cpu_kernels)")
     parser.add_argument("--presets", default="dcgan,pacdcgan2", help="comma-separated presets (default: dcgan,pacdcgan2)")
     parser.add_argument("--seeds", default=",".join(map(str, range(10))), help="comma-separated seeds (papers: 10 trials)")
     parser.add_argument("--epochs", type=int, default=PAPER["epochs"], help="epochs of the stacked set (papers: 50)")

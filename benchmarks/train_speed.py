@@ -15,6 +15,7 @@ evaluator, when it has been trained) to show they optimise the same objective.
     python benchmarks/train_speed.py --variants wgan --replicas 1,8 --threads 1,2  # 1 thread vs all cores
     python benchmarks/train_speed.py --variants wgan --replicas 8 --concurrent 2 --threads 1,2  # a `-j 2` queue
     python benchmarks/train_speed.py --variants dcgan --nchw   # the conv nets in NCHW instead of their channels_last
+    python benchmarks/train_speed.py --cpu-kernels native      # this CPU's fastest kernels instead of the portable ones
 
 With --replicas, each row also has `replicas`, `per_model_it_s` (generator iterations per second of each
 replica times R: the models trained per second) and `replica_speedup` (per_model_it_s at R over the same
@@ -32,12 +33,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from pipeline.common import cpu_kernels  # noqa: E402
+
+# Before numpy and torch load: the kernels params.yaml asks for, or --cpu-kernels' (pipeline/common/cpu_kernels.py).
+cpu_kernels.pin_or_exit(ROOT / "params.yaml", cpu_kernels.mode_from_argv(sys.argv))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from pipeline.common import devices, layout  # noqa: E402
 from pipeline.data.mnist import load_prepared  # noqa: E402
@@ -214,6 +220,8 @@ def main() -> None:
                     help="also train both loops N generator iterations and print final losses and FLD")
     ap.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     ap.add_argument("--nchw", action="store_true", help="ganpipe's loop with conv weights in NCHW, not channels_last")
+    ap.add_argument("--cpu-kernels", choices=cpu_kernels.MODES,
+                    help="portable or native kernels (default: params.yaml's compute.cpu_kernels)")
     args = ap.parse_args()
 
     device = devices.resolve(args.device)
@@ -252,6 +260,7 @@ def main() -> None:
                 row = {
                     "variant": name, "device": str(device), "batch_size": bs, "replicas": r,
                     "threads": t or auto[r], "threads_auto": t is None, "nchw": args.nchw,
+                    "cpu_kernels": cpu_kernels.in_force()["requested"],
                     "ganpipe_it_s": round(its, 2), "per_model_it_s": round(its * r, 2),
                     "replica_speedup": round(its * r / base, 2),
                 }

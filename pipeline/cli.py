@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import typer
+from pipeline.common import cpu_kernels, layout
+
+# First, before anything loads torch or numpy: the kernels the repository's params ask for, so that
+# `ganpipe evaluate` computes the bytes the evaluate stage does (pipeline/common/cpu_kernels.py).
+cpu_kernels.pin_or_exit(layout.repo_root() / "params.yaml")
+
+import typer  # noqa: E402
 
 from pipeline.common.console import report_error, stderr
 from pipeline.common.errors import GanpipeError

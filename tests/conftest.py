@@ -13,11 +13,16 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
+from pipeline.common import cpu_kernels
 
 REPO = Path(__file__).resolve().parents[1]
+# Before numpy and torch load: in-process tests compute with the kernels the repository's params ask for,
+# as the stages they stand in for do (pipeline/common/cpu_kernels.py).
+cpu_kernels.pin(REPO / "params.yaml")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 
 def mirror_path() -> Path:

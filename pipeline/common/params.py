@@ -112,6 +112,13 @@ class VariantParams(Strict):
         return pack
 
 
+class ComputeParams(Strict):
+    cpu_kernels: Annotated[
+        Literal["portable", "native"],
+        Field(description="portable (the same bytes on every x86-64 CPU with AVX2) or native (this CPU's fastest)"),
+    ]
+
+
 class DownloadParams(Strict):
     timeout_s: PositiveFloat
     retries: PositiveInt
@@ -225,6 +232,7 @@ class Params(Strict):
     dataset: Literal["mnist", "stacked-mnist"]
     stacked_mnist: StackedMNISTParams
     replicas: Annotated[PositiveInt, Field(description="how many independent replicas of the variant to train, >= 1")]
+    compute: ComputeParams
     download: DownloadParams
     evaluator: EvaluatorParams
     train: TrainParams
@@ -271,7 +279,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         what = "is empty" if raw is None else f"holds {type(raw).__name__} {params_errors.show(raw)}"
         raise GanpipeError(
             f"{source} {what}, but it must hold a mapping of keys to values (model, seed, replicas, "
-            "download, evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
+            "compute, download, evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
             "or fix its top level."
         )
     problems: list[str] = []

@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from pipeline.common import cpu_kernels
 from pipeline.common.mlflow_store import retry_locked
 
 
@@ -29,6 +30,7 @@ def run_identity(model: str, seed: int, cwd: Path | None = None) -> tuple[str, d
         "mlflow.source.git.commit": commit,
         "dvc_exp_name": exp_name or "workspace",
         "dvc_baseline_rev": baseline,
+        **cpu_kernels.tags(),
     }
     return f"{exp_name or 'workspace'}-{model}-s{seed}", tags
 

@@ -1,0 +1,201 @@
+"""Portable CPU kernels (params.yaml `compute.cpu_kernels`): every entry point pins them before torch and
+numpy load, and in `portable` mode a computation gives the same bytes whatever kernels the environment
+forces, the way another CPU make would choose other kernels. `native` mode shows the same forcing changes
+the bytes on this machine, so the portable checks can fail."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.common import cpu_kernels
+from pipeline.common.errors import GanpipeError
+from tests.conftest import REPO, mirror_path, repo_params, tiny_params
+
+# Kernel choices another machine could make, forced here through the libraries' own switches.
+FORCED = {
+    "as-is": {},
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    "aten-avx2-mkl-avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OPENBLAS_CORETYPE": "Prescott"},
+}
+
+# A few training steps of a small CNN and an MLP, and numpy linear algebra: every library pinned.
+PROBE = r"""
+import hashlib, sys
+from pipeline.common import cpu_kernels
+cpu_kernels.pin(sys.argv[1])
+import numpy as np, torch
+from torch import nn
+torch.manual_seed(0)
+torch.set_num_threads(2)
+cnn = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 14 * 14, 10))
+mlp = nn.Sequential(nn.Linear(100, 128), nn.ReLU(), nn.Linear(128, 784), nn.Sigmoid())
+params = list(cnn.parameters()) + list(mlp.parameters())
+opt = torch.optim.Adam(params, 1e-3)
+g = torch.Generator().manual_seed(1)
+x, y, z = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g), torch.randn(64, 100, generator=g)
+for _ in range(10):
+    opt.zero_grad()
+    (nn.functional.cross_entropy(cnn(x), y) + mlp(z).mean()).backward()
+    opt.step()
+a = np.random.default_rng(0).standard_normal((200, 200))
+blob = b"".join(p.detach().numpy().tobytes() for p in params) + (a @ a.T).tobytes() + np.linalg.eigh(a @ a.T)[0].tobytes()
+print(hashlib.md5(blob).hexdigest(), torch.backends.cpu.get_cpu_capability())
+"""
+
+
+def params_file(folder: Path, mode: str, params: dict | None = None) -> Path:
+    p = params or repo_params()
+    p["compute"] = {"cpu_kernels": mode}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    return path
+
+
+def clean_env(**forced: str) -> dict[str, str]:
+    """This process's environment less every pin (it was pinned itself), plus `forced`."""
+    drop = set(cpu_kernels.PORTABLE_ENV) | set(cpu_kernels.THREAD_ENV) | {"MKL_ENABLE_INSTRUCTIONS"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "PYTHONPATH": str(REPO), **forced}
+
+
+def probe(params: Path, forced: dict[str, str]) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, str(params)], env=clean_env(**forced), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    digest, capability = done.stdout.split()
+    return digest, capability
+
+
+def test_portable_kernels_give_the_same_bytes_whatever_dispatch_the_environment_forces(tmp_path):
+    portable = {name: probe(params_file(tmp_path, "portable"), env) for name, env in FORCED.items()}
+    assert {cap for _, cap in portable.values()} == {"AVX2"}, portable
+    assert len({digest for digest, _ in portable.values()}) == 1, f"portable mode gave different bytes: {portable}"
+
+    native = {name: probe(params_file(tmp_path, "native"), env) for name, env in FORCED.items()}
+    if len({digest for digest, _ in native.values()}) == 1:
+        pytest.skip(f"this machine cannot show a difference: every forced dispatch gave the same bytes natively ({native})")
+    assert native["aten-default"][1] == "DEFAULT"
+
+
+READ_BACK = "import os, torch; print(torch.backends.cpu.get_cpu_capability(), torch.backends.mkldnn.enabled, os.environ.get('MKL_CBWR'))"
+
+
+def import_and_read_back(folder: Path, entry: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", f"{entry}; {READ_BACK}"], cwd=folder, env=clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize("module", ["stages.check_params", "stages.download", "stages.prepare", "stages.stack",
+                                    "stages.evaluator", "stages.calibrate", "stages.train", "stages.evaluate",
+                                    "stages.report", "pipeline.cli"])
+def test_every_entry_point_pins_the_kernels_before_torch_loads(module, tmp_path):
+    # The stages read params.yaml in their working directory, the CLI in the repository root (no git
+    # here, so the working directory too).
+    params_file(tmp_path, "portable")
+    assert import_and_read_back(tmp_path, f"import {module}") == ["AVX2", "False", "COMPATIBLE"]
+
+
+def test_native_mode_pins_nothing(tmp_path):
+    params_file(tmp_path, "native")
+    _, mkldnn, cbwr = import_and_read_back(tmp_path, "import stages.train")
+    assert (mkldnn, cbwr) == ("True", "None")
+
+
+@pytest.mark.parametrize("bench", ["train_speed.py", "evaluate_speed.py", "stacked_mnist.py"])
+def test_benchmarks_pin_the_kernels_their_option_names(bench, tmp_path):
+    # run_path under another name than __main__ runs the module's top (the pinning), not its main().
+    entry = (f"import runpy, sys; sys.argv = ['{bench}', '--cpu-kernels', 'portable']; "
+             f"runpy.run_path({str(REPO / 'benchmarks' / bench)!r}, run_name='benchmark')")
+    assert import_and_read_back(tmp_path, entry) == ["AVX2", "False", "COMPATIBLE"]
+
+
+def test_a_cpu_without_avx2_is_refused_in_portable_mode_with_the_reason():
+    with pytest.raises(GanpipeError) as refused:
+        cpu_kernels.check_portable("x86_64", {"sse2", "avx", "fma"})
+    message = str(refused.value)
+    assert "does not support AVX2" in message and "compute.cpu_kernels: native" in message
+    assert cpu_kernels.check_portable("x86_64", {"avx", "avx2", "avx512f"}) is None
+
+
+def test_a_cpu_that_is_not_x86_computes_natively_and_says_why():
+    warning = cpu_kernels.check_portable("aarch64", None)
+    assert warning and "not x86-64" in warning and "native" in warning
+
+
+def test_pinning_after_numpy_loaded_is_an_error_not_a_silent_no_op(tmp_path):
+    code = "import numpy; from pipeline.common import cpu_kernels; cpu_kernels.pin()"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "after numpy was imported" in done.stderr
+
+
+def test_an_unknown_kernel_choice_is_refused_in_one_paragraph(tmp_path):
+    p = repo_params()
+    p["compute"] = {"cpu_kernels": "fastest"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    done = subprocess.run([sys.executable, "-m", "stages.check_params"], cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "'fastest'" in done.stderr and "portable" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- the pipeline's own stages, trained and evaluated under each forced dispatch -------------------------
+
+STAGES_UPSTREAM = ("check_params", "download", "prepare", "stack", "evaluator", "calibrate")
+COMPARED = ("outputs/train/generator.pt", "metrics/train.json", "metrics/evaluate.json",
+            "outputs/evaluate/evaluation.json")
+
+
+def run_stage(folder: Path, stage: str, forced: dict[str, str]) -> None:
+    env = clean_env(**forced, MNIST_MIRROR=str(mirror_path()), MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlflow.db")
+    done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"stage {stage} failed:\n{done.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> Path:
+    """A tiny pipeline through calibrate (no DVC needed: stages run in their folder), in portable mode."""
+    folder = tmp_path_factory.mktemp("kernels-upstream")
+    for name in ("stages", "pipeline"):
+        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    p = tiny_params(iterations=40)
+    p["replicas"] = 1
+    params_file(folder, "portable", p)
+    for stage in STAGES_UPSTREAM:
+        run_stage(folder, stage, {})
+    return folder
+
+
+def train_and_evaluate(upstream: Path, dest: Path, mode: str, forced: dict[str, str]) -> dict[str, str]:
+    shutil.copytree(upstream, dest, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", "__pycache__"))
+    p = yaml.safe_load((dest / "params.yaml").read_text())
+    params_file(dest, mode, p)
+    run_stage(dest, "train", forced)
+    run_stage(dest, "evaluate", forced)
+    return {name: hashlib.md5((dest / name).read_bytes()).hexdigest() for name in COMPARED}
+
+
+@pytest.mark.slow
+def test_training_and_evaluation_give_the_same_bytes_under_every_forced_dispatch_in_portable_mode(upstream, tmp_path):
+    portable = {name: train_and_evaluate(upstream, tmp_path / f"p-{name}", "portable", env) for name, env in FORCED.items()}
+    first = next(iter(portable.values()))
+    for name, hashes in portable.items():
+        assert hashes == first, f"portable mode under {name} differs: {json.dumps(portable, indent=1)}"
+
+    native = {name: train_and_evaluate(upstream, tmp_path / f"n-{name}", "native", env) for name, env in FORCED.items()}
+    generators = {hashes["outputs/train/generator.pt"] for hashes in native.values()}
+    if len(generators) == 1:
+        pytest.skip("this machine cannot show a difference: every forced dispatch trained the same generator natively")
+    assert len(generators) >= 2
