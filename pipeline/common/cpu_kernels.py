@@ -16,6 +16,7 @@ the same way:
   blocking from the cache sizes it reads off the CPU; with it off, torch convolves through im2col and
   MKL's products above. The cap is set anyway for anything else that reaches oneDNN.
 - OpenBLAS (numpy's and scipy's linear algebra): the Haswell (AVX2) kernels, which AMD Zen also picks.
+- numpy's own loops (exp, log, power): its AVX2 builds, not its AVX-512 ones, which round differently.
 - Thread pools that sum in parallel (MKL, OpenMP, OpenBLAS, scikit-learn's k-means): a fixed count,
   `evaluator.threads`; torch's own count is set per stage from the thread params.
 
@@ -48,6 +49,9 @@ PORTABLE_ENV = {
     "OMP_DYNAMIC": "FALSE",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "OPENBLAS_CORETYPE": "Haswell",
+    # numpy's own loops (exp, log, power, ...): its AVX-512 builds round differently from its AVX2 ones.
+    # The names of numpy 2.x's dispatch targets above AVX2 (X86_V3), and of 1.x's; unknown names are ignored.
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL",
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",  # cuBLAS's deterministic workspace, which deterministic CUDA needs
 }
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
