@@ -11,6 +11,7 @@ figures of a loaded machine only say how it compares with other figures taken in
     python benchmarks/evaluate_speed.py                    # 10k, 50k, 100k
     python benchmarks/evaluate_speed.py --sizes 50000 --json
     python benchmarks/evaluate_speed.py --sizes 10000 --cpu-kernels native   # this CPU's fastest kernels
+    python benchmarks/evaluate_speed.py --evaluator-epoch 20000 --cpu-kernels native   # the evaluator CNN's training
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ cpu_kernels.pin_or_exit(ROOT / "params.yaml", cpu_kernels.mode_from_argv(sys.arg
 import numpy as np  # noqa: E402
 
 from pipeline.common import layout  # noqa: E402
+from pipeline.common.params import load_params  # noqa: E402
 from pipeline.data.mnist import load_prepared  # noqa: E402
 
 
@@ -81,16 +83,37 @@ def run(n: int, pixels: np.ndarray, folder: Path) -> dict:
     }
 
 
+def evaluator_epoch(images: int, pixels: np.ndarray, labels: np.ndarray, threads: int) -> dict:
+    """One epoch of the evaluator CNN's training (the evaluator stage's work, its convolutions the part the
+    portable kernels slow most) on the first `images` training digits, at `evaluator.threads`."""
+    import torch
+
+    from pipeline.instrument.evaluator import train_classifier
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    train_classifier(pixels[:images], labels[:images], epochs=1, batch_size=128, lr=2e-3, seed=0)
+    return {"evaluator_epoch_images": images, "seconds": round(time.perf_counter() - start, 1), "threads": threads,
+            "cpu_kernels": cpu_kernels.in_force()["requested"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,50000,100000", help="comma-separated sample counts")
     parser.add_argument("--json", action="store_true", help="print one JSON object per size")
+    parser.add_argument("--evaluator-epoch", type=int, default=0, metavar="IMAGES",
+                        help="instead, time one epoch of the evaluator CNN's training on IMAGES training digits")
     parser.add_argument("--cpu-kernels", choices=cpu_kernels.MODES,
                         help="portable or native kernels (default: params.yaml's compute.cpu_kernels)")
     args = parser.parse_args()
+    prepared = load_prepared(ROOT / layout.PREPARED)
+    pixels = prepared.x_train
+    if args.evaluator_epoch:
+        threads = load_params(ROOT / "params.yaml").evaluator.threads
+        print(json.dumps(evaluator_epoch(args.evaluator_epoch, pixels, prepared.y_train, threads)), flush=True)
+        return
     if not (ROOT / layout.CLASSIFIER).is_file():
         raise SystemExit(f"no evaluator at {layout.CLASSIFIER}: run `dvc repro evaluator` first")
-    pixels = load_prepared(ROOT / layout.PREPARED).x_train
     sizes = sorted(int(s) for s in args.sizes.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
