@@ -270,6 +270,25 @@ def compare(
     typer.echo(f"wrote {written[0]} and {written[1]}")
 
 
+@app.command(
+    "exp-show",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="""**Examples**
+
+`ganpipe exp-show` (or `make exp-show`)
+
+`ganpipe exp-show --csv` · `ganpipe exp-show -A` (any further `dvc exp show` option)""",
+)
+def exp_show(ctx: typer.Context) -> None:
+    """`dvc exp show` on one screen: experiment, model, dataset, seed, replicas, iterations, collapse rate and
+    its 95% interval, median FLD."""
+    import subprocess
+
+    from pipeline.common.views import exp_show_command
+
+    raise typer.Exit(subprocess.run(exp_show_command(ctx.args), cwd=_root()).returncode)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
