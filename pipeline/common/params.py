@@ -175,6 +175,7 @@ class VerdictParams(Strict):
     missing_share_ratio: Fraction  # a digit below this x its MNIST share is missing: severe inter-class collapse
     min_share_ratio: Fraction  # below this x its MNIST share a digit is far under-represented: inter-class collapse
     imbalance_share_ratio: Fraction  # below this (but above min_share_ratio): imbalance, not collapse
+    label_accuracy: Fraction  # conditional models: a requested digit drawn as itself less often than this is lost
     class_kl_margin: PositiveFloat  # nats above the highest real class KL: imbalance
     diversity_factor: Fraction  # intra-class diversity below this x the lowest real ratio
     duplicate_rate_margin: Fraction  # above the highest real duplicate rate
