@@ -60,6 +60,9 @@ class VariantParams(Strict):
         Field(description="a list of two numbers (beta1 and beta2), each >= 0 and < 1, e.g. [0.9, 0.999]"),
     ]
     n_critic: PositiveInt
+    # constant: n_critic critic steps per generator step; wgan-reference: the WGAN authors' code, 100 for the
+    # first 25 generator steps and every 500th, else n_critic (pipeline/gan/critic_schedule.py)
+    critic_schedule: Literal["constant", "wgan-reference"]
     gradient_penalty: PositiveFloat | None  # WGAN-GP's lambda; null: no penalty
     clip: PositiveFloat | None
     arch: Literal["mlp", "dcgan"]
