@@ -8,7 +8,7 @@ evaluation samples); with `--across-budgets` a group is one dataset, and dataset
 
 from __future__ import annotations
 
-from pipeline.reports.store import Budget, RunData
+from pipeline.reports.store import NOT_RECORDED, Budget, RunData
 
 MIXED = "mixed"  # a budget field of a group that spans budgets (--across-budgets)
 
@@ -28,6 +28,8 @@ def group_runs(runs: list[RunData], across_budgets: bool = False) -> dict[Budget
 
 
 def describe(group: Budget) -> str:
+    if group == Budget(NOT_RECORDED, NOT_RECORDED, NOT_RECORDED, NOT_RECORDED):
+        return "dataset and budget not recorded (runs logged before ganpipe logged them)"
     if group.iterations == MIXED:
         return f"{group.dataset}, budgets mixed (--across-budgets)"
     return group.describe()
