@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test exp-show clean-venv
 
 $(BIN)/.ganpipe-installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ repro: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" pytest -q
+
+# The experiments on one screen: model, dataset, seed, replicas, iterations, collapse rate and interval, FLD.
+exp-show: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" ganpipe exp-show
 
 clean-venv:
 	rm -rf $(VENV)

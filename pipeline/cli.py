@@ -237,17 +237,24 @@ def _split(values: Optional[list[str]]) -> list[str]:
 
 @app.command(epilog="""**Examples**
 
-`ganpipe compare` (the latest run of every model and seed; writes reports/comparison.html)
+`ganpipe compare` (the latest run of every model, seed, dataset and budget; writes reports/comparison.html)
 
 `ganpipe compare --models vanilla,wgan --out-dir /tmp/cmp`
 
-`ganpipe compare --runs 3f2a...,9c1b...`""")
+`ganpipe compare --runs 3f2a...,9c1b...`
+
+`ganpipe compare --across-budgets` (rank runs of one dataset together whatever their iterations)""")
 def compare(
     runs: Optional[list[str]] = typer.Option(
-        None, "--runs", help="MLflow run ids to compare (default: the latest finished run of each model and seed)."
+        None, "--runs", help="MLflow run ids to compare (default: the latest finished run of each model, seed, dataset, preset and budget)."
     ),
     models: Optional[list[str]] = typer.Option(None, "--models", help="Only these models, e.g. --models vanilla,wgan."),
     experiment: str = typer.Option(EXPERIMENT, "--experiment", help="The MLflow experiment to read."),
+    across_budgets: bool = typer.Option(
+        False, "--across-budgets",
+        help="Rank trainings of one dataset against each other even when their iterations, replicas or evaluation "
+        "samples differ (by default each budget is its own group). Datasets are never mixed.",
+    ),
     out_dir: Optional[Path] = typer.Option(
         None, "--out-dir", help="Where comparison.html/.md go (default: reports/ at the repository root)."
     ),
@@ -263,10 +270,29 @@ def compare(
         out = out_dir or root / layout.REPORTS_DIR
         atomic.check_writable(out / "comparison.html")
         with stderr.status("reading runs from the MLflow store"):
-            written = write_comparison(root, out, experiment, _split(runs), _split(models))
+            written = write_comparison(root, out, experiment, _split(runs), _split(models), across_budgets)
     except GanpipeError as exc:
         _fail(exc)
     typer.echo(f"wrote {written[0]} and {written[1]}")
+
+
+@app.command(
+    "exp-show",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="""**Examples**
+
+`ganpipe exp-show` (or `make exp-show`)
+
+`ganpipe exp-show --csv` · `ganpipe exp-show -A` (any further `dvc exp show` option)""",
+)
+def exp_show(ctx: typer.Context) -> None:
+    """`dvc exp show` on one screen: experiment, model, dataset, seed, replicas, iterations, collapse rate and
+    its 95% interval, median FLD."""
+    import subprocess
+
+    from pipeline.common.views import exp_show_command
+
+    raise typer.Exit(subprocess.run(exp_show_command(ctx.args), cwd=_root()).returncode)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -53,6 +53,15 @@ def tiny_params(iterations: int = 60) -> dict:
     return p
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_user_tracking_env():
+    """The tests never see the shell's MLflow store or DVC experiment: a test that wants one sets it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+            mp.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def mnist(tmp_path_factory):
     """The real MNIST dataset, downloaded from the mirror and parsed by ganpipe's own code."""

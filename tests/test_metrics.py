@@ -276,6 +276,40 @@ def test_conditional_samples_get_label_accuracy(measure, mnist, instrument):
     assert measure(mnist.x_test[idx])["label_accuracy"] is None
 
 
+def test_conditional_verdict_reads_per_label_accuracy(measure, mnist):
+    """Real test digits as a conditional generator's samples. Following its labels: no collapse. Asked for
+    3 but drawing 8s: label 3 is a lost mode. Ignoring its labels (the same diverse digits, labels shuffled):
+    every label is lost, so the verdict is severe inter-class collapse, although the same images judged as
+    an unconditional model's samples (all ten digits in MNIST's shares) are not collapsed."""
+    rng = np.random.default_rng(8)
+    idx = rng.choice(len(mnist.x_test), N, replace=False)
+    images, labels = mnist.x_test[idx], mnist.y_test[idx].astype(np.int64)
+
+    follows = measure(images, labels)
+    assert follows["collapse"]["kind"] == "none" and follows["collapse"]["conditional"]
+    assert follows["min_label_accuracy"] > 0.9
+    roles = {}
+    for check in follows["collapse"]["checks"]:
+        roles.setdefault(check["name"].split(" (")[0], set()).add(check["role"])
+    assert roles["smallest per-label accuracy"] == {"inter-class"}
+    assert roles["smallest digit share / MNIST share"] == {"diagnostic", "imbalance"}  # the request sets the shares
+
+    eights = rng.choice(np.flatnonzero(mnist.y_test == 8), int((labels == 3).sum()))
+    drawn = images.copy()
+    drawn[labels == 3] = mnist.x_test[eights]  # asked for 3, draws 8
+    lost_three = measure(drawn, labels)
+    assert lost_three["collapse"]["kind"] == "inter-class"
+    assert lost_three["min_label_accuracy_label"] == 3 and lost_three["label_read_as"][3] == 8
+    assert lost_three["collapse"]["evidence"][0].startswith("1 of 10 requested digits are drawn as another digit: 3 ")
+
+    ignores = measure(images, rng.permutation(labels))
+    assert ignores["collapse"]["kind"] == "inter-class" and ignores["collapse"]["severity"] == "severe"
+    assert max(ignores["label_accuracy_per_label"]) < 0.25  # about MNIST's share of each digit
+    assert ignores["collapse"]["evidence"][0].startswith("10 of 10 requested digits are drawn as another digit")
+    unconditional = measure(images)
+    assert unconditional["collapse"]["kind"] == "none" and not unconditional["collapse"]["conditional"]
+
+
 def test_memorised_training_images_are_flagged_by_the_memorisation_ratio(measure, small_mnist):
     idx = np.random.default_rng(7).choice(len(small_mnist.x_train), N, replace=False)
     m = measure(small_mnist.x_train[idx])  # copies of training images

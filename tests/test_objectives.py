@@ -99,6 +99,43 @@ def test_clipping_bounds_hold_after_every_critic_step_and_n_critic_counts():
     assert all(p.abs().max().item() <= v.clip + 1e-7 for p in batched.critic.parameters())
 
 
+def test_wgan_schedule_counts_the_reference_codes_critic_steps():
+    """wgan-schedule trains the critic 100 times before each of the first 25 generator steps and before
+    every 500th, else n_critic (5), batched across replicas; wgan keeps 5 throughout."""
+    images, labels = toy_data()
+    v = variant("wgan-schedule", batch_size=16, hidden=32)
+    assert (v.critic_schedule, v.n_critic) == ("wgan-reference", 5)
+    trainer = Trainer(v, images, labels, [0, 1])  # batched: one optimiser step serves both replicas
+    steps: list[str] = []
+    trainer.d_opt.register_step_post_hook(lambda opt, a, k: steps.append("d"))
+    trainer.g_opt.register_step_post_hook(lambda opt, a, k: steps.append("g"))
+
+    def critic_runs() -> list[int]:
+        """Critic steps before each generator step since the last call."""
+        runs, count = [], 0
+        for s in steps:
+            if s == "d":
+                count += 1
+            else:
+                runs.append(count)
+                count = 0
+        steps.clear()
+        return runs
+
+    trainer.advance(27)
+    assert critic_runs() == [100] * 25 + [5, 5]
+    losses = trainer.read_losses()  # means over the varying critic steps stay finite and per replica
+    assert sorted(losses) == [0, 1] and all(np.isfinite(l["d_loss"]) for l in losses.values())
+    trainer.step = 498  # as after a resume from a checkpoint at generator step 498
+    trainer.advance(4)
+    assert critic_runs() == [5, 5, 100, 5]  # generator steps 498, 499, 500, 501
+    constant = Trainer(variant("wgan", batch_size=16, hidden=32), images, labels, [0, 1])
+    constant.d_opt.register_step_post_hook(lambda opt, a, k: steps.append("d"))
+    constant.g_opt.register_step_post_hook(lambda opt, a, k: steps.append("g"))
+    constant.advance(3)
+    assert critic_runs() == [5, 5, 5]
+
+
 def test_clip_weights_is_a_foreach_clamp_to_the_bound():
     ps = [torch.tensor([-1.0, 0.005, 2.0]), torch.tensor([[0.3, -0.001]])]
     objectives.clip_weights_(ps, 0.01)

@@ -134,6 +134,16 @@ def md_table_rows(md: str, *first_headers: str) -> list[list[str]]:
     return rows
 
 
+@pytest.fixture(autouse=True)
+def isolated_root(tmp_path_factory, monkeypatch):
+    """Every test's repository root is an empty folder of its own: `ganpipe compare` reads the root's
+    calibration (and, without MLFLOW_TRACKING_URI, its mlflow.db), and after `make repro` the checkout's own
+    root holds both, which would add a real-data row and the user's runs to the pages under test."""
+    root = tmp_path_factory.mktemp("root")
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    return root
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A real sqlite MLflow store, used through MLFLOW_TRACKING_URI as a user would."""
@@ -529,9 +539,18 @@ def _log_pipeline_run(root: Path, model: str, seed: int, evaluation: dict | None
 
 
 @pytest.fixture(scope="module")
-def runs(store):
+def runs(tmp_path_factory):
     """Five current runs of three variants (vanilla with two seeds), plus an older vanilla seed-0 run and
-    a failed run, neither of which the default selection may pick."""
+    a failed run, neither of which the default selection may pick; in a store of their own (the report
+    tests' workspace logs a training of another budget, which the comparison would rightly show too)."""
+    root = tmp_path_factory.mktemp("compare-store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.delenv("DVC_EXP_NAME", raising=False)
+        yield _log_runs(root)
+
+
+def _log_runs(store: Path) -> dict[str, str]:
     ids = {}
     ids["old vanilla s0"] = _log_pipeline_run(store, "vanilla", 0, _evaluation(300.0, 1, "both"))
     ids["failed cgan s1"] = _log_pipeline_run(store, "cgan", 1, None, status="FAILED")
@@ -543,21 +562,27 @@ def runs(store):
     return ids
 
 
-def _log_training(root: Path, model: str, seed: int, kinds: list[str | None]) -> tuple[str, list[str]]:
-    """Log one training with a replica per entry of `kinds` the way training does (a parent run, a nested
-    child per replica, a FAILED child for a diverged one: kind None), then evaluate it through the
-    evaluate stage's own MLflow code (replica_tracking.log_evaluation)."""
+def _log_training(root: Path, model: str, seed: int, kinds: list[str | None], dataset: str = "mnist",
+                  iterations: int = 60, **preset: object) -> tuple[str, list[str]]:
+    """Log one training with a replica per entry of `kinds` the way training does (a parent run with the
+    params training logs, a nested child per replica, a FAILED child for a diverged one: kind None), then
+    evaluate it through the evaluate stage's own MLflow code (replica_tracking.log_evaluation)."""
     import mlflow
 
     from pipeline.common import mlflow_store, run_identity, run_logging
+    from pipeline.common.params import parse_params
     from pipeline.instrument import replica_tracking
     from pipeline.gan import sampling
     from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_document
 
+    raw = tiny_params(iterations)
+    raw.update(model=model, seed=seed, replicas=len(kinds), dataset=dataset)
+    raw["variants"][model].update(preset)  # as `dvc exp run -S variants.<model>.<key>=...` would
     experiment_id = mlflow_store.connect(root)
     name, tags = run_identity.run_identity(model, seed)
     children = []
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={**tags, "replicas": str(len(kinds))}) as parent:
+        run_logging.log_params_flat(run_logging.run_params(parse_params(raw)))
         for r, kind in enumerate(kinds):
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-r{r}", nested=True,
                                   tags={**tags, "replica": str(r), "replica_seed": str(1000 * seed + r)}) as child:
@@ -619,12 +644,66 @@ def test_compare_groups_replicas_under_their_training_and_claims_only_separated_
             "overlap, so wgan collapses less often than vanilla.") in text
     assert "wgan collapsed in 0/4 replicas" in text and "cgan collapsed in" not in text  # one pair separates
     assert ("Difference not established (the intervals overlap; more replicas would narrow them): "
-            "vanilla-ns vs wgan, vanilla-ns vs cgan, vanilla-ns vs vanilla, wgan vs cgan, cgan vs vanilla.") in text
+            "wgan vs cgan, cgan vs vanilla.") in text
+    # The run from before replicas was trained with another budget (2 replicas): a group of its own.
+    assert "vanilla-ns vs" not in text and "Group B: mnist, 60 iterations, 4 replicas, 400 evaluation samples" in text
     assert "cgan 1/3 [0.06, 0.79], 1 diverged" in text
     rates = {row[0]: row for row in page.body_rows("rates")}
     columns = page.header("rates")
     assert [rates["cgan"][columns.index(c)] for c in ("replicas evaluated", "diverged", "collapsed")] == ["3", "1", "1/3"]
     assert rates["vanilla-ns"][columns.index("collapsed")] == "0/1"
+
+
+def test_compare_never_ranks_across_datasets_or_budgets_unless_asked(tmp_path, monkeypatch):
+    """One store holding MNIST runs of two budgets, two learning rates of one preset and a Stacked MNIST run:
+    each training stays (a later run of another budget replaces nothing), dataset and iterations are
+    columns, and rates and rankings are formed per group; --across-budgets merges budgets, never datasets."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    short, _ = _log_training(tmp_path, "vanilla", 0, ["both", "both", "both"])
+    wgan, _ = _log_training(tmp_path, "wgan", 0, ["none", "none", "none"])
+    wgan_fast, _ = _log_training(tmp_path, "wgan", 0, ["none", "both", "none"], lr=1e-4)
+    stacked, _ = _log_training(tmp_path, "vanilla-ns", 0, ["none", "none", "none"], dataset="stacked-mnist")
+    long, _ = _log_training(tmp_path, "vanilla", 0, ["none", "none", "none"], iterations=120)
+
+    out = tmp_path / "by-budget"
+    assert _compare("--out-dir", str(out)).exit_code == 0
+    page = parse_page(out / "comparison.html")
+    header, rows = page.header("runs"), page.body_rows("runs")
+    cells = {r[header.index("run")]: (r[header.index("model")], r[header.index("dataset")], r[header.index("iterations")])
+             for r in rows}
+    assert cells == {
+        short[:8]: ("vanilla", "mnist", "60"), long[:8]: ("vanilla", "mnist", "120"),
+        wgan[:8]: ("wgan (lr=5e-05)", "mnist", "60"), wgan_fast[:8]: ("wgan (lr=0.0001)", "mnist", "60"),
+        stacked[:8]: ("vanilla-ns", "stacked-mnist", "60"),
+    }
+    text = page.all_text
+    assert "3 comparison groups" in text
+    for group in ("mnist, 120 iterations, 3 replicas", "mnist, 60 iterations, 3 replicas", "stacked-mnist, 60 iterations"):
+        assert group in text
+    # The Stacked MNIST run and the 120-iteration run are alone in their groups: nothing is ranked against them.
+    md = (out / "comparison.md").read_text()
+    summary = md[md.index("Summary"):md.index("Collapse rates")].splitlines()
+    sentences = [line for line in summary if " vs " in line or "ranking:" in line or "less often" in line]
+    assert sentences and not any("vanilla-ns" in line or long[:8] in line for line in sentences)
+    assert "vanilla 3/3 [0.44, 1.00]; wgan (lr=0.0001) 1/3" in text  # the 60-iteration vanilla, beside the wgans only
+    rates = page.body_rows("rates")
+    columns = page.header("rates")
+    assert sorted((r[0], r[columns.index("dataset")], r[columns.index("iterations")]) for r in rates) == [
+        ("vanilla", "mnist", "120"), ("vanilla", "mnist", "60"), ("vanilla-ns", "stacked-mnist", "60"),
+        ("wgan (lr=0.0001)", "mnist", "60"), ("wgan (lr=5e-05)", "mnist", "60")]
+
+    out = tmp_path / "across"
+    assert _compare("--out-dir", str(out), "--across-budgets").exit_code == 0
+    page = parse_page(out / "comparison.html")
+    columns, rates = page.header("rates"), page.body_rows("rates")
+    by_variant = {(r[0], r[columns.index("dataset")]): r for r in rates}
+    assert by_variant[("vanilla", "mnist")][columns.index("collapsed")] == "3/6"  # both budgets pooled
+    assert by_variant[("vanilla-ns", "stacked-mnist")][columns.index("collapsed")] == "0/3"
+    assert "2 comparison groups" in page.all_text and "vanilla-ns vs" not in page.all_text
+
+    out = tmp_path / "models"
+    assert _compare("--out-dir", str(out), "--models", "vanilla").exit_code == 0
+    assert sorted(_run_table_ids(parse_page(out / "comparison.html"))) == sorted([short[:8], long[:8]])
 
 
 def test_comparison_shows_runs_that_were_never_evaluated():
@@ -689,7 +768,7 @@ def _run_table_ids(page: Page) -> list[str]:
     return [row[header.index("run")] for row in page.body_rows("runs")]
 
 
-def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, store, tmp_path):
+def test_compare_writes_both_reports_with_one_row_per_latest_run(runs, tmp_path):
     """Runs logged before replicas existed (no child runs) each show as a training of one replica."""
     import mlflow
 

@@ -17,7 +17,7 @@ from pipeline.cli import app
 from pipeline.common import mlflow_store, run_description, run_logging, views
 from pipeline.common.console import StageProgress
 from pipeline.common.params import parse_params
-from tests.conftest import REPO, tiny_params
+from tests.conftest import REPO, dvc, dvc_env, git, new_repo, tiny_params
 
 
 def _params(model: str):
@@ -159,3 +159,36 @@ def test_plot_tables_hold_one_replica_in_step_order():
     rows = tables.replica_rows(long, 0)
     assert rows == [{"step": 20, "d_loss": 20}, {"step": 40, "d_loss": 40}]  # no zigzag across replicas
     assert [row["d_loss"] for row in tables.replica_rows(long, 2)] == [40, 60]
+
+
+@pytest.mark.slow
+def test_exp_show_view_has_the_comparison_columns_and_nothing_else(tmp_path, shared_cache):
+    """`ganpipe exp-show` on a real DVC repo with a baseline and a wgan experiment of another replica count:
+    exactly the ten columns, each with the experiment's value (the interval as two numbers)."""
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from pipeline.instrument.rates import wilson_interval
+
+    repo = new_repo(tmp_path / "repo", tiny_params(40), shared_cache)
+    dvc(repo, "repro")
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "baseline results", cwd=repo)
+    dvc(repo, "exp", "run", "-n", "wgan-3", "-S", "model=wgan", "-S", "replicas=3")
+    shown = subprocess.run([sys.executable, "-m", "pipeline.cli", "exp-show", "--csv"], cwd=repo,
+                           env=dvc_env(repo), capture_output=True, text=True, check=True).stdout
+    table = list(csv.DictReader(shown.splitlines()))
+    assert sorted(table[0]) == sorted(views.EXP_SHOW_COLUMNS)  # DVC orders metrics before params
+    row = next(r for r in table if r["Experiment"] == "wgan-3")
+    baseline = json.loads(git("show", "HEAD:metrics/evaluate.json", cwd=repo))
+    assert (row["model"], row["dataset"], row["seed"]) == ("wgan", "mnist", "0")
+    assert (row["params.yaml:replicas"], row["outputs/train/variant.yaml:iterations"]) == ("3", "40")
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())  # the workspace holds the experiment
+    lo, hi = wilson_interval(metrics["collapsed"], metrics["evaluated"])
+    assert [float(row[k]) for k in ("collapse_rate_ci_lo", "collapse_rate_ci_hi")] == pytest.approx([lo, hi], abs=1e-6)
+    assert float(row["collapse_rate"]) == pytest.approx(metrics["collapsed"] / 3)
+    assert float(row["fld"]) == pytest.approx(metrics["fld"])
+    main = next(r for r in table if r["Experiment"] == "" and r["model"] == "vanilla")  # the committed baseline
+    assert (main["params.yaml:replicas"], float(main["fld"])) == ("2", pytest.approx(baseline["fld"]))

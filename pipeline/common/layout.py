@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+PARAMS_FILE = Path("params.yaml")
 PARAMS_CHECK = Path("outputs/params_check.txt")  # written by stages/check_params.py
 RAW_DIR = Path("data/raw")
 PREPARED = Path("data/prepared/mnist.npz")

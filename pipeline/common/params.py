@@ -60,6 +60,9 @@ class VariantParams(Strict):
         Field(description="a list of two numbers (beta1 and beta2), each >= 0 and < 1, e.g. [0.9, 0.999]"),
     ]
     n_critic: PositiveInt
+    # constant: n_critic critic steps per generator step; wgan-reference: the WGAN authors' code, 100 for the
+    # first 25 generator steps and every 500th, else n_critic (pipeline/gan/critic_schedule.py)
+    critic_schedule: Literal["constant", "wgan-reference"]
     gradient_penalty: PositiveFloat | None  # WGAN-GP's lambda; null: no penalty
     clip: PositiveFloat | None
     arch: Literal["mlp", "dcgan"]
@@ -182,6 +185,7 @@ class VerdictParams(Strict):
     missing_share_ratio: Fraction  # a digit below this x its MNIST share is missing: severe inter-class collapse
     min_share_ratio: Fraction  # below this x its MNIST share a digit is far under-represented: inter-class collapse
     imbalance_share_ratio: Fraction  # below this (but above min_share_ratio): imbalance, not collapse
+    label_accuracy: Fraction  # conditional models: a requested digit drawn as itself less often than this is lost
     class_kl_margin: PositiveFloat  # nats above the highest real class KL: imbalance
     diversity_factor: Fraction  # intra-class diversity below this x the lowest real ratio
     duplicate_rate_margin: Fraction  # above the highest real duplicate rate

@@ -7,7 +7,10 @@ so the verdict kind is written both ways: the kind as text and a numeric code wh
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from pipeline.common import layout
 
 # Ordered by how much is wrong: 0 none, 1 intra-class, 2 inter-class, 3 both.
 KIND_CODES = {"none": 0, "intra-class": 1, "inter-class": 2, "both": 3}
@@ -34,3 +37,20 @@ def verdict_line(result: dict[str, Any]) -> str:
     evidence = result["collapse"]["evidence"]
     more = f"; {evidence[0]}" + (f" (+{len(evidence) - 1} more in the JSON)" if len(evidence) > 1 else "") if evidence else ""
     return f"{head}: {', '.join(parts)}{more}"
+
+
+# `ganpipe exp-show`: the columns of `dvc exp show` that say what each experiment was and how often it
+# collapsed, and nothing else (the full table has every preset's settings, several hundred columns). DVC
+# qualifies a name with its file only where two files share it: `replicas` is in params.yaml and in both
+# metrics files, `iterations` in the resolved preset and metrics/train.json. The interval is two scalars
+# because DVC leaves list values out of the table.
+EXP_SHOW_COLUMNS = (
+    "Experiment", "model", "dataset", "seed", f"{layout.PARAMS_FILE}:replicas", f"{layout.RESOLVED_VARIANT}:iterations",
+    "collapse_rate", "collapse_rate_ci_lo", "collapse_rate_ci_hi", "fld",
+)
+
+
+def exp_show_command(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """`dvc exp show` keeping only EXP_SHOW_COLUMNS; `extra` are further `dvc exp show` options (--csv, -A, ...)."""
+    keep = "^(" + "|".join(re.escape(c) for c in EXP_SHOW_COLUMNS) + ")$"
+    return ["dvc", "exp", "show", "--drop", ".*", "--keep", keep, *extra]

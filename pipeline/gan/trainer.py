@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from pipeline.common.params import VariantParams
+from pipeline.gan.critic_schedule import critic_steps
 from pipeline.gan.networks import IMAGE_DIM, N_CLASSES
 from pipeline.gan.objectives import OBJECTIVES, clip_weights_, gradient_penalty
 from pipeline.gan.replica_stack import ReplicaStack, map_replicas
@@ -99,6 +100,7 @@ class Trainer:
         self._g_sum = torch.zeros(len(self.live), device=self.device)
         self._penalty_sum = torch.zeros(len(self.live), device=self.device)
         self._n = 0
+        self._critic_steps = 0  # since the last reading: the schedule may vary them per generator step
 
     def _draw(self, n: int, n_eps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Each live replica's batch indices, noise and (WGAN-GP) interpolation weights, from its own RNG."""
@@ -112,10 +114,10 @@ class Trainer:
                 eps.append(torch.rand(n_eps, 1, device=self.device, generator=rng))
         return torch.stack(idx), torch.stack(z), torch.stack(eps) if n_eps else None
 
-    def _iteration(self) -> None:
+    def _iteration(self, generator_step: int) -> None:
         v, obj = self.variant, self.objective
         G, D = self.generator, self.critic
-        b, k = v.batch_size, v.n_critic
+        b, k = v.batch_size, critic_steps(v.critic_schedule, v.n_critic, generator_step)
         # One draw covers all k critic batches plus the generator step's labels (WGAN change 3: k critic
         # steps per generator step).
         lam = v.gradient_penalty  # WGAN-GP's lambda, or None
@@ -157,6 +159,7 @@ class Trainer:
                 clip_weights_(D.parameters(), v.clip)  # WGAN change 2
             self._d_sum += d_loss.detach()
             self._penalty_sum += out[:, 1].detach()
+        self._critic_steps += k
 
         def generator_loss(gp, gb, dp, db, z, y):
             return obj.g_loss(D.bind(dp, db)(G.bind(gp, gb)(z, y), y).float())
@@ -176,8 +179,8 @@ class Trainer:
     def advance(self, n: int) -> None:
         self.generator.train()
         self.critic.train()
-        for _ in range(n):
-            self._iteration()
+        for i in range(n):
+            self._iteration(self.step + i)
         self.step += n
         self._n += n
 
@@ -189,12 +192,12 @@ class Trainer:
         NonFiniteTraining when no replica is left.
         """
         n = max(self._n, 1)
-        k = self.variant.n_critic
+        critic_n = max(self._critic_steps, 1)
         finite = torch.stack(
             [p.detach().isfinite().flatten(1).all(1) for p in [*self.generator.parameters(), *self.critic.parameters()]]
         ).all(0)
         d_mean, g_mean, penalty_mean, params_ok = torch.stack(
-            [self._d_sum / (n * k), self._g_sum / n, self._penalty_sum / (n * k), finite.float()]
+            [self._d_sum / critic_n, self._g_sum / n, self._penalty_sum / critic_n, finite.float()]
         ).tolist()
         lam = self.variant.gradient_penalty
         self._zero_sums()

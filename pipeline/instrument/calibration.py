@@ -96,6 +96,7 @@ def calibrate(
         "share_ratio": v.min_share_ratio,
         "missing_share_ratio": v.missing_share_ratio,
         "imbalance_share_ratio": v.imbalance_share_ratio,
+        "label_accuracy": v.label_accuracy,
         "class_kl": real["class_kl"]["max"] + v.class_kl_margin,
         "intra_class_diversity": v.diversity_factor * real["intra_class_diversity"]["min"],
         "duplicate_rate": real["duplicate_rate"]["max"] + v.duplicate_rate_margin,

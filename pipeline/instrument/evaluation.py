@@ -41,6 +41,21 @@ def _wilson(successes: int, n: int, confidence: float) -> list[float]:
     return [round(float(ci.low), 6), round(float(ci.high), 6)]
 
 
+def _per_label(predicted: np.ndarray, requested: np.ndarray, conf: float) -> dict[str, Any]:
+    """A conditional model's per-label accuracy (asked for digit k, how often does it draw k), the worst
+    label with the Wilson interval of its accuracy, and the digit each label's samples mostly read as."""
+    asked, hits, read_as = classes.per_label(predicted, np.asarray(requested, dtype=np.int64))
+    accuracy = np.where(asked > 0, hits / np.maximum(asked, 1), np.nan)
+    worst = int(np.nanargmin(accuracy))
+    return {
+        "label_accuracy_per_label": [None if np.isnan(a) else round(float(a), 6) for a in accuracy],
+        "label_read_as": [int(d) if a else None for d, a in zip(read_as, asked)],
+        "min_label_accuracy": float(accuracy[worst]),
+        "min_label_accuracy_label": worst,
+        "min_label_accuracy_interval": _wilson(int(hits[worst]), int(asked[worst]), conf),
+    }
+
+
 def measure(
     emb: Embedding,
     requested: np.ndarray | None,
@@ -105,6 +120,8 @@ def measure(
             None if np.isnan(s) else round(float(s / r), 6) for s, r in zip(div_mean, ref.diversity_per_class)
         ],
     }
+    if requested is not None:
+        out.update(_per_label(emb.predicted, requested, conf))
     if with_memorisation:
         nn_train = memorisation.nearest_train_distances(emb.features, ref.train_features)
         out["memorisation_ratio"] = memorisation.memorisation_ratio(nn_train, ref.test_nn_train)
@@ -251,7 +268,7 @@ def first_collapse_step(curve) -> int | None:
 SCALARS = (
     "n_samples", "fld", "kid", "class_coverage", "class_kl", "mnist_score", "mean_confidence", "precision",
     "recall", "density", "coverage", "ndb", "ndb_js", "duplicate_rate", "intra_class_diversity",
-    "label_accuracy", "memorisation_ratio", "kid_std", "min_share_ratio", "neighbour_spread",
+    "label_accuracy", "memorisation_ratio", "kid_std", "min_share_ratio", "neighbour_spread", "min_label_accuracy",
 )
 
 

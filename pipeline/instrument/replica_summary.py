@@ -44,7 +44,8 @@ def rate(outcomes: list[ReplicaOutcome]) -> Rate:
 
 def dvc_metrics(outcomes: list[ReplicaOutcome]) -> dict[str, Any]:
     """metrics/evaluate.json: every scalar as the median over evaluated replicas (so `dvc exp show`
-    keeps its columns), `<metric>_iqr` for the headline metrics, the rate and its 95% Wilson interval."""
+    keeps its columns), `<metric>_iqr` for the headline metrics, the rate and its 95% Wilson interval (as a
+    pair, and as collapse_rate_ci_lo/_hi for `dvc exp show`)."""
     evaluated = [o.result for o in outcomes if o.result is not None]
     r = rate(outcomes)
     out: dict[str, Any] = {}
@@ -61,6 +62,9 @@ def dvc_metrics(outcomes: list[ReplicaOutcome]) -> dict[str, Any]:
     out["collapsed"] = r.collapsed
     out["collapse_rate"] = None if r.value is None else round(r.value, 6)
     out["collapse_rate_ci"] = None if r.interval is None else [round(v, 6) for v in r.interval]
+    # The same bounds as scalars: `dvc exp show` leaves list values out of its table.
+    lo, hi = out["collapse_rate_ci"] or (None, None)
+    out["collapse_rate_ci_lo"], out["collapse_rate_ci_hi"] = lo, hi
     return out
 
 

@@ -1,10 +1,11 @@
 """`ganpipe compare`: the variants side by side, read back from the MLflow store.
 
-One row per training (by default the latest finished training of each model and seed) with its replicas
-beneath; per variant the collapse rate over all its replicas with a 95% Wilson interval, one dot per
-replica per headline metric, every replica's sample grid, the training curves overlaid, the verdicts, the
-WGAN claim per WGAN replica, and a summary written from the numbers that calls one variant better than
-another only when their intervals separate.
+One row per training (by default the latest finished training of each model, seed, dataset, preset settings
+and budget) with its replicas beneath; per variant the collapse rate over all its replicas with a 95% Wilson
+interval, one dot per replica per headline metric, every replica's sample grid, the training curves overlaid,
+the verdicts, the WGAN claim per WGAN replica, and a summary written from the numbers that calls one variant
+better than another only when their intervals separate. Rates and rankings are only ever formed within one
+comparison group (pipeline.reports.groups): one dataset and budget, or with --across-budgets one dataset.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 
 from pipeline.common import layout
 from pipeline.instrument.rates import Rate, compare_sentence, intervals_separate, median_iqr, rate_of
-from pipeline.reports import charts, output, store, wgan_signal
+from pipeline.reports import charts, groups, output, store, wgan_signal
 from pipeline.reports.document import Bullets, Document, Figure, Gallery, Heading, Paragraph, Table
 from pipeline.reports.glossary import REAL_BY_DEFINITION, fmt
 from pipeline.reports.store import ReplicaData, RunData
@@ -45,16 +46,17 @@ CURVE_PANELS = (
 W_PANEL = ("w_estimate", "WGAN critic's W-estimate")
 
 
-def compare(root: Path, out_dir: Path, experiment: str, run_ids: list[str], models: list[str]) -> list[Path]:
+def compare(root: Path, out_dir: Path, experiment: str, run_ids: list[str], models: list[str],
+            across_budgets: bool = False) -> list[Path]:
     """Read the runs, build the comparison and write comparison.html/.md into out_dir."""
     uri, runs = store.load_runs(root, experiment, run_ids, models)
     selection = (
         "the runs given with --runs" if run_ids
-        else f'the latest finished run of each model and seed in experiment "{experiment}"'
+        else f'the latest finished run of each model, seed, dataset, preset and budget in experiment "{experiment}"'
     )
     calibration_file = root / layout.CALIBRATION
     calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else None
-    doc = build(runs, f"{len(runs)} runs: {selection} · store `{uri}`", calibration)
+    doc = build(runs, f"{len(runs)} runs: {selection} · store `{uri}`", calibration, across_budgets)
     return output.write(doc, out_dir, "comparison", FIGURE_DIR)
 
 
@@ -72,13 +74,24 @@ def signals(runs: list[RunData]) -> dict[str, wgan_signal.SignalCorrelation]:
     return out
 
 
-def replica_frame(runs: list[RunData]) -> pd.DataFrame:
-    """One numeric row per replica: its training, index, verdict and final metrics."""
+def _identity_cells(run: RunData, names: dict[str, str]) -> dict[str, str]:
+    """The columns that say what a training is: variant, seed, run, dataset, iterations, conditional."""
+    return {"model": names.get(run.run_id, run.model), "seed": run.seed, "run": run.run_id[:8],
+            "dataset": run.budget.dataset, "iterations": run.budget.iterations,
+            "conditional": "yes" if run.conditional else "no"}
+
+
+def replica_frame(runs: list[RunData], names: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> pd.DataFrame:
+    """One numeric row per replica: its training, index, verdict and final metrics. `tags`: the group tag
+    of each run id (shown beside the variant in the dot chart when there are several groups)."""
+    names, tags = names or {}, tags or {}
     rows = []
     for run in runs:
         for rep in run.replicas:
+            name = names.get(run.run_id, run.model)
             rows.append({
-                "model": run.model, "seed": run.seed, "run": run.run_id[:8], "replica": rep.index,
+                **_identity_cells(run, names), "replica": rep.index,
+                "_dot": f"{name} {tags[run.run_id]}" if tags.get(run.run_id) else name,
                 "replica run": rep.run_id[:8], "verdict": rep.collapse, "collapsed": rep.collapsed,
                 **{k: rep.metrics.get(k) for k in TABLE_METRICS},
             })
@@ -91,12 +104,14 @@ def run_rate(run: RunData) -> Rate:
     return rate_of(rep.collapsed for rep in run.replicas if rep.collapse != "not evaluated")
 
 
-def variant_rates(runs: list[RunData]) -> dict[str, Rate]:
-    """Each model's collapse rate over the replicas of all its compared trainings."""
+def variant_rates(runs: list[RunData], names: dict[str, str] | None = None) -> dict[str, Rate]:
+    """Each variant's collapse rate over the replicas of all its compared trainings (of one group)."""
+    names = names or {}
+    name = {r.run_id: names.get(r.run_id, r.model) for r in runs}
     out = {}
-    for model in sorted({r.model for r in runs}):
-        reps = [rep for r in runs if r.model == model for rep in r.replicas if rep.collapse != "not evaluated"]
-        out[model] = rate_of(rep.collapsed for rep in reps)
+    for variant in sorted(set(name.values())):
+        reps = [rep for r in runs if name[r.run_id] == variant for rep in r.replicas if rep.collapse != "not evaluated"]
+        out[variant] = rate_of(rep.collapsed for rep in reps)
     return out
 
 
@@ -117,7 +132,7 @@ def _median_iqr_cell(values: pd.Series) -> str:
     return fmt(median) if len(values.dropna()) == 1 else f"{fmt(median)} (IQR {fmt(iqr)})"
 
 
-def training_frame(runs: list[RunData], replicas: pd.DataFrame) -> pd.DataFrame:
+def training_frame(runs: list[RunData], replicas: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per training: identity, replica counts, collapse rate and interval, metric medians."""
     rows = []
     for run in runs:
@@ -125,7 +140,7 @@ def training_frame(runs: list[RunData], replicas: pd.DataFrame) -> pd.DataFrame:
         mine = replicas[(replicas["run"] == run.run_id[:8])]
         evaluated = mine[mine["collapsed"].notna()]
         rows.append({
-            "model": run.model, "seed": run.seed, "run": run.run_id[:8],
+            **_identity_cells(run, names or {}),
             "replicas": str(len(run.replicas)),
             "collapsed": _rate_cell(rate) + (f" ({rate.diverged} diverged)" if rate.diverged else ""),
             "95% interval": _interval(rate),
@@ -136,44 +151,58 @@ def training_frame(runs: list[RunData], replicas: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def rates_frame(runs: list[RunData], replicas: pd.DataFrame) -> pd.DataFrame:
-    """Per variant over all its replicas: the rate table the README's variant table is made of."""
+def rates_frame(grouped: dict[store.Budget, list[RunData]], replicas: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """Per comparison group and variant, over all its replicas: the rate table the README's variant table
+    is made of."""
     rows = []
-    for model, rate in variant_rates(runs).items():
-        mine = replicas[(replicas["model"] == model) & replicas["collapsed"].notna()]
-        rows.append({
-            "model": model,
-            "trainings": str(sum(r.model == model for r in runs)),
-            "replicas evaluated": str(rate.evaluated),
-            "diverged": str(rate.diverged),
-            "collapsed": _rate_cell(rate),
-            "collapse rate": "—" if rate.value is None else f"{rate.value:.2f}",
-            "95% interval": _interval(rate),
-            "median FLD": _median_iqr_cell(mine["fld"]),
-            "median digits covered": _median_iqr_cell(mine["class_coverage"]),
-        })
+    for group, runs in grouped.items():
+        ids = {r.run_id[:8] for r in runs}
+        for model, rate in variant_rates(runs, names).items():
+            mine = replicas[replicas["run"].isin(ids) & (replicas["model"] == model) & replicas["collapsed"].notna()]
+            rows.append(_rate_row(model, group, [r for r in runs if names.get(r.run_id, r.model) == model], rate, mine))
     return pd.DataFrame(rows)
 
 
-def build(runs: list[RunData], subtitle: str, calibration: dict | None = None) -> Document:
+def _rate_row(model: str, group: store.Budget, runs: list[RunData], rate: Rate, mine: pd.DataFrame) -> dict:
+    return {
+        "model": model, "dataset": group.dataset, "iterations": group.iterations,
+        "conditional": "yes" if any(r.conditional for r in runs) else "no",
+        "trainings": str(len(runs)),
+        "replicas evaluated": str(rate.evaluated),
+        "diverged": str(rate.diverged),
+        "collapsed": _rate_cell(rate),
+        "collapse rate": "—" if rate.value is None else f"{rate.value:.2f}",
+        "95% interval": _interval(rate),
+        "median FLD": _median_iqr_cell(mine["fld"]),
+        "median digits covered": _median_iqr_cell(mine["class_coverage"]),
+    }
+
+
+def build(runs: list[RunData], subtitle: str, calibration: dict | None = None, across_budgets: bool = False) -> Document:
     rho = signals(runs)
-    replicas = replica_frame(runs)
-    trainings = training_frame(runs, replicas)
+    grouped = groups.group_runs(runs, across_budgets)
+    names = groups.variant_names(runs, across_budgets)
+    tags = {r.run_id: f"[{_GROUP_TAGS[i]}]" for i, members in enumerate(grouped.values()) for r in members} if len(grouped) > 1 else {}
+    replicas = replica_frame(runs, names, tags)
+    trainings = training_frame(runs, replicas, names)
     doc = Document("ganpipe comparison", subtitle)
-    doc.add(Heading("Summary"), _summary(runs, replicas, rho))
+    doc.add(Heading("Summary"), *_summaries(grouped, names, replicas, rho))
     doc.add(Heading("Collapse rates"), Table(
-        rates_frame(runs, replicas),
-        "Per variant over the replicas of all its compared trainings. A replica that diverged in training is "
-        "counted apart, never as collapsed or clean. The interval is the 95% Wilson score interval of the rate; "
-        "medians come with their interquartile range.",
+        rates_frame(grouped, replicas, names),
+        "Per variant and comparison group (one dataset and budget) over the replicas of all its compared "
+        "trainings. A replica that diverged in training is counted apart, never as collapsed or clean. The "
+        "interval is the 95% Wilson score interval of the rate; medians come with their interquartile range. "
+        "A conditional model (conditional: yes) draws the digits it is asked for, so its class shares are set by "
+        "the request: its inter-class verdict reads per-label accuracy instead, and its rate measures a different "
+        "thing from an unconditional model's.",
         id="rates",
     ))
     if replicas["collapsed"].notna().any():
         dots = replicas[replicas["collapsed"].notna()]
         doc.add(Figure(
-            "replica_dots", charts.replica_dots(dots, "model", DOT_PANELS),
+            "replica_dots", charts.replica_dots(dots, "_dot", DOT_PANELS),
             "One dot per evaluated replica per metric, red where its verdict is collapse; the black bar is the "
-            "variant's median.",
+            "variant's median" + (" (the letter in brackets is the comparison group of the Summary)." if tags else "."),
             "per-replica values of the headline metrics, by variant",
         ))
     caption = (
@@ -188,7 +217,7 @@ def build(runs: list[RunData], subtitle: str, calibration: dict | None = None) -
             f"{fmt(calibration['n_samples'])} images (outputs/calibration/calibration.json)."
         )
     doc.add(Heading("Metrics"), Table(_formatted(trainings_shown), caption, id="runs"))
-    detail = replicas.drop(columns="collapsed")
+    detail = replicas.drop(columns=["collapsed", "_dot"])
     doc.add(Table(_formatted(detail), "Every replica (MLflow child run) of the trainings above.", id="replicas"))
     doc.add(Heading("Where each run lives"), where_runs_live(runs))
     doc.add(Heading("Samples"), *_gallery(runs))
@@ -202,7 +231,8 @@ def reference_row(calibration: dict) -> pd.DataFrame:
     """The table row of real data: each metric's mean over the calibration's real subsets (or its value by
     definition: all ten digits, a memorisation ratio of 1)."""
     real = calibration["real"]
-    row = {"model": "real MNIST", "seed": "", "run": "", "replicas": "", "collapsed": "none (real data)",
+    row = {"model": "real MNIST", "seed": "", "run": "", "dataset": "mnist", "iterations": "", "conditional": "",
+           "replicas": "", "collapsed": "none (real data)",
            "95% interval": ""}
     row.update({k: real[k]["mean"] if k in real else REAL_BY_DEFINITION.get(k) for k in TABLE_METRICS})
     frame = pd.DataFrame([row])
@@ -223,8 +253,32 @@ def where_runs_live(runs: list[RunData]) -> Bullets:
     return Bullets(tuple(items))
 
 
-def _summary(runs: list[RunData], replicas: pd.DataFrame, rho: dict[str, wgan_signal.SignalCorrelation]) -> Bullets:
-    rates = variant_rates(runs)
+_GROUP_TAGS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _summaries(grouped: dict[store.Budget, list[RunData]], names: dict[str, str], replicas: pd.DataFrame,
+               rho: dict[str, wgan_signal.SignalCorrelation]) -> list:
+    """One summary per comparison group: rates, rankings and claims never reach across groups."""
+    if len(grouped) == 1:
+        (group, runs), = grouped.items()
+        return [Paragraph(f"All compared trainings share one dataset and budget: {groups.describe(group)}."),
+                _summary(runs, names, replicas, rho)]
+    blocks: list = [Paragraph(
+        f"The trainings fall into {len(grouped)} comparison groups (dataset, iterations, replicas, evaluation "
+        "samples); rates and rankings are compared only within a group. "
+        + ("Budgets are merged (--across-budgets); datasets never are." if next(iter(grouped)).iterations == groups.MIXED
+           else "`ganpipe compare --across-budgets` merges the budgets of one dataset; datasets are never mixed.")
+    )]
+    for tag, (group, runs) in zip(_GROUP_TAGS, grouped.items()):
+        ids = {r.run_id[:8] for r in runs}
+        blocks += [Heading(f"Group {tag}: {groups.describe(group)}", level=3),
+                   _summary(runs, names, replicas[replicas["run"].isin(ids)], rho)]
+    return blocks
+
+
+def _summary(runs: list[RunData], names: dict[str, str], replicas: pd.DataFrame,
+             rho: dict[str, wgan_signal.SignalCorrelation]) -> Bullets:
+    rates = variant_rates(runs, names)
     items = [
         "**Collapse rate per variant** (collapsed replicas / evaluated replicas, 95% Wilson interval): "
         + "; ".join(f"{m} {r.describe()}" for m, r in rates.items()) + "."
@@ -253,16 +307,17 @@ def _summary(runs: list[RunData], replicas: pd.DataFrame, rho: dict[str, wgan_si
         + (f"; in some replicas only: {', '.join(some)}" if some else "") + "."
     )
     fld = by_model["fld"].median().dropna().sort_values()
-    if len(fld):
+    if len(fld) > 1:  # a ranking of one variant says nothing
         ranking = " < ".join(f"{m} {fmt(v)}" for m, v in fld.items())
         items.append(
             f"**Closest to real data by median FLD:** {fld.index[0]} ({fmt(fld.iloc[0])}); ranking: {ranking}. "
             "See the dots for the spread across replicas before reading a ranking."
         )
-    if rho:
-        supported = sum(c.verdict == "supported" for c in rho.values())
+    mine = {rep.run_id for r in runs for rep in r.replicas} & set(rho)
+    if mine:
+        supported = sum(rho[k].verdict == "supported" for k in mine)
         items.append(
-            f"**WGAN claim** (the W-estimate tracks FLD): {supported} of {len(rho)} WGAN replicas support it."
+            f"**WGAN claim** (the W-estimate tracks FLD): {supported} of {len(mine)} WGAN replicas support it."
         )
     not_evaluated = replicas.loc[replicas["verdict"] == "not evaluated"]
     if len(not_evaluated):

@@ -9,7 +9,7 @@ from pipeline.reports.document import MISSING
 
 # The headline metrics, in the order the reports list them, with one line on how to read each.
 METRICS: dict[str, str] = {
-    "fld": "Fréchet distance to MNIST in evaluator features; lower is closer",
+    "fld": "Fréchet distance to MNIST in the evaluator classifier's features (FID's formula, not Inception's features, not the Feature Likelihood Divergence); lower is closer",
     "kid": "kernel (MMD²) distance to MNIST in evaluator features; about 0 for real data",
     "class_coverage": "digits holding a real share of the samples (of 10)",
     "class_kl": "KL of the digit histogram from MNIST's, nats; 0 = MNIST's proportions",

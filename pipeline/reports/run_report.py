@@ -187,6 +187,13 @@ def _verdict_evidence(e: dict[str, Any], calibration: dict[str, Any], checks_ran
         f"subsets of {fmt(calibration['n_samples'])} real MNIST images the instrument never saw, so real data is never "
         "called collapsed. Margin > 0: on the safe side of the threshold by that much."
     ))
+    if any(r["collapse"].get("conditional") for r in evaluated(e)):
+        blocks.append(Paragraph(
+            "**Conditional model**: its samples were drawn for requested digits in MNIST's proportions, so the digit "
+            "shares are set by the request and only shown. Inter-class collapse is read from per-label accuracy "
+            "instead: a requested digit whose samples are mostly read as other digits is a lost mode. Its verdicts "
+            "and collapse rate are not like for like with an unconditional model's."
+        ))
     for r in evaluated(e):
         verdict = r["collapse"]
         imbalanced = (verdict.get("imbalance") or {}).get("detected") and verdict["kind"] == "none"

@@ -8,6 +8,11 @@ artifacts evaluation/evaluation.json and evaluation/sample_grid.png. The parent 
 collapse rate as `eval/*`. Runs logged before the grouped names (`eval_*`, `train_*`, bare `d_loss`) are read
 too. A run logged before replicas existed has no children and carries all of this itself: it is shown as a
 training with one replica.
+
+What makes two trainings comparable is read from the parent's params (`dataset`, `replicas`, `eval/n_samples`,
+the resolved preset `variant/*`; runs logged with the whole params tree have `evaluate.n_samples` and
+`variants.<model>.*` instead): a training is the latest run of its model, seed, dataset, preset settings and
+budget, and only trainings of one dataset and budget (a `Budget`) are ranked against each other.
 """
 
 from __future__ import annotations
@@ -39,6 +44,25 @@ _FIX = (
     "Run the pipeline first (`dvc repro`, then e.g. `dvc exp run -S model=wgan` for another variant) from the "
     "repository root, or point MLFLOW_TRACKING_URI at the store that holds your runs."
 )
+
+
+NOT_RECORDED = "not recorded"  # a run logged before its dataset or budget was recorded as params
+
+
+@dataclass(frozen=True, order=True)
+class Budget:
+    """What must match before two trainings' collapse rates and metrics are ranked against each other:
+    the data they learnt and what they were given (iterations, replicas, evaluation samples). Each field
+    is the logged param's text, or NOT_RECORDED."""
+
+    dataset: str
+    iterations: str
+    replicas: str
+    eval_samples: str
+
+    def describe(self) -> str:
+        return (f"{self.dataset}, {self.iterations} iterations, {self.replicas} replicas, "
+                f"{self.eval_samples} evaluation samples")
 
 
 @dataclass
@@ -76,6 +100,13 @@ class RunData:
     children: list[ReplicaData] = field(default_factory=list)
     dvc_exp: str = ""  # the DVC experiment that trained it ("workspace" for a plain `dvc repro`)
     url: str = ""  # the run's page in the MLflow UI
+    budget: Budget = Budget(NOT_RECORDED, NOT_RECORDED, NOT_RECORDED, NOT_RECORDED)
+    settings: dict[str, str] = field(default_factory=dict)  # the resolved preset (variant/*) as logged
+
+    @property
+    def conditional(self) -> bool:
+        """A conditional model (cgan): its samples are drawn for requested digits."""
+        return self.settings.get("conditional", "").lower() == "true"
 
     @property
     def label(self) -> str:
@@ -135,9 +166,48 @@ def _search(experiment_ids: list[str]) -> pd.DataFrame:
     return frame
 
 
+def preset_settings(row: pd.Series) -> dict[str, str]:
+    """The resolved preset a run trained, as logged: `variant/<key>`, or `variants.<model>.<key>` from a run
+    that logged the whole params tree."""
+    model = row.get("tags.model")
+    prefixes = ("params." + run_logging.metric_name(run_logging.VARIANT, ""), f"params.variants.{model}.")
+    out = {}
+    for col, value in row.items():
+        for prefix in prefixes:
+            if isinstance(col, str) and col.startswith(prefix) and isinstance(value, str):
+                out.setdefault(col.removeprefix(prefix), value)
+    return out
+
+
+def _param(row: pd.Series, *names: str) -> str:
+    for name in names:
+        value = row.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return NOT_RECORDED
+
+
+def budget_of(row: pd.Series) -> Budget:
+    settings = preset_settings(row)
+    return Budget(
+        dataset=_param(row, "params.dataset"),
+        iterations=settings.get("iterations", NOT_RECORDED),
+        replicas=_param(row, "params.replicas", "tags.replicas"),
+        eval_samples=_param(row, "params." + run_logging.metric_name(run_logging.EVAL, "n_samples"), "params.evaluate.n_samples"),
+    )
+
+
+def _identity(row: pd.Series) -> str:
+    """Model and seed, plus everything that makes a training a different experiment: its budget and
+    preset settings (a later run of the same model on other data or with another lr does not replace it)."""
+    settings = json.dumps(preset_settings(row), sort_keys=True)
+    return f"{row['tags.model']}|{row['tags.seed']}|{budget_of(row)}|{settings}"
+
+
 def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]) -> pd.DataFrame:
     """The search_runs frame of the runs to compare: the given run ids, or else the latest FINISHED run
-    of each (model, seed) in the experiment; either way only runs of the given models, if any."""
+    of each model, seed, dataset, budget and preset settings in the experiment; either way only runs of the
+    given models, if any."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -174,8 +244,9 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
             f"{_FIX}" + (" Or choose other --models." if models else "")
         )
     if not run_ids:
-        # search_runs sorted newest first, so "first" is the latest run of each (model, seed).
-        frame = frame.drop_duplicates(["tags.model", "tags.seed"], keep="first")
+        # search_runs sorted newest first, so "first" is the latest run of each training identity.
+        identity = frame.apply(_identity, axis=1) if len(frame) else pd.Series(dtype=str)
+        frame = frame[~identity.duplicated(keep="first")]
     order = pd.to_numeric(frame["tags.seed"], errors="coerce")
     return frame.assign(_seed=order).sort_values(["tags.model", "_seed"]).drop(columns="_seed")
 
@@ -272,6 +343,8 @@ def fetch(row: pd.Series) -> RunData:
         children=children,
         dvc_exp=row["tags.dvc_exp_name"] if isinstance(row["tags.dvc_exp_name"], str) else "",
         url=mlflow_store.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
+        budget=budget_of(row),
+        settings=preset_settings(row),
     )
 
 

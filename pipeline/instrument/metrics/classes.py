@@ -51,6 +51,15 @@ def label_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
     return float((predicted == requested).mean())
 
 
+def per_label(predicted: np.ndarray, requested: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per requested digit k: how many samples were asked to be k, how many of them read as k, and the
+    digit they most often read as (k itself when it is followed). A label never requested has count 0."""
+    asked = np.bincount(requested, minlength=N_CLASSES)
+    confusion = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)  # [requested, predicted]
+    np.add.at(confusion, (requested, predicted), 1)
+    return asked, np.diag(confusion).copy(), confusion.argmax(1)
+
+
 def bootstrap_counts(counts: np.ndarray, draws: int, seed: int) -> np.ndarray:
     """Digit histograms (draws, 10) of sample sets resampled with replacement from these counts: the
     multinomial bootstrap over samples, which needs no per-sample data."""

@@ -1,4 +1,11 @@
-"""Distribution distances in evaluator feature space: FLD (FID with an MNIST network) and KID."""
+"""Distribution distances in evaluator feature space: FLD and KID.
+
+"FLD" here is the Fréchet distance between Gaussians fitted to this pipeline's own MNIST classifier's
+128-d penultimate features (pipeline/instrument/evaluator.py, MnistCNN.features) of samples and of real
+data: FID's formula with that network in place of Inception. Its values depend on the network, so they
+are not comparable with published FIDs (Inception features) nor with Fréchet distances taken in another
+MNIST classifier's features. It is not the Feature Likelihood Divergence (FLD) of Jiralerspong et al.
+2023, a different metric with the same acronym. KID likewise uses these features."""
 
 from __future__ import annotations
 
@@ -45,7 +52,8 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
 
 def fld(features: np.ndarray, real_mu: np.ndarray, real_cov: np.ndarray) -> float:
-    """Fréchet distance of the samples' feature Gaussian to the real data's. 0 = identical fits only in
+    """FLD: the Fréchet distance of the samples' Gaussian to the real data's in the evaluator classifier's
+    features (not Inception's FID, not the Feature Likelihood Divergence; see the module). 0 = identical fits only in
     the limit: like FID it is biased upwards at finite n (the sample covariance's noise adds about
     tr(C)/n-sized terms), so compare it with real images at the same n (the calibration's `fld`)."""
     mu, cov = gaussian(features)

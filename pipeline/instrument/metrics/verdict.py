@@ -63,16 +63,36 @@ def _range(real: dict[str, float]) -> str:
     return f"{real['min']:.4g} - {real['max']:.4g}"
 
 
+def conditional(m: dict[str, Any]) -> bool:
+    """Samples drawn for requested digits (a conditional model): measured with per-label accuracy."""
+    return m.get("min_label_accuracy") is not None
+
+
+def _inter_class(m: dict[str, Any], t: dict[str, float], share_real: str, low_digit: int) -> list[Check]:
+    """An unconditional model loses a mode when a digit's share falls far below MNIST's. A conditional
+    model's shares are set by the digits requested, so there the share only shows (diagnostic) and a mode
+    is lost when the samples asked to be a digit are mostly read as another one (per-label accuracy)."""
+    share = Check(
+        f"smallest digit share / MNIST share (digit {low_digit})", "inter-class", m["min_share_ratio"],
+        m["min_share_ratio_interval"], "<", t["share_ratio"], share_real,
+    )
+    if not conditional(m):
+        return [share]
+    share.role, share.name = "diagnostic", share.name + ", set by the requested digits"
+    return [Check(
+        f"smallest per-label accuracy (label {m['min_label_accuracy_label']})", "inter-class",
+        m["min_label_accuracy"], m["min_label_accuracy_interval"], "<", t["label_accuracy"],
+        "the evaluator's accuracy on real digits (metrics/evaluator.json test_accuracy)",
+    ), share]
+
+
 def checks(m: dict[str, Any], calibration: dict[str, Any]) -> list[Check]:
     t, real = calibration["thresholds"], calibration["real"]
     ratios = m["class_share_ratios"]
     low_digit = min(range(len(ratios)), key=ratios.__getitem__)
     share_real = _range(real["min_share_ratio"])
     return [
-        Check(
-            f"smallest digit share / MNIST share (digit {low_digit})", "inter-class", m["min_share_ratio"],
-            m["min_share_ratio_interval"], "<", t["share_ratio"], share_real,
-        ),
+        *_inter_class(m, t, share_real, low_digit),
         Check(
             f"smallest digit share / MNIST share (digit {low_digit})", "imbalance", m["min_share_ratio"],
             m["min_share_ratio_interval"], "<", t["imbalance_share_ratio"], share_real,
@@ -96,9 +116,20 @@ def _severity(crossed: list[Check], m: dict[str, Any], t: dict[str, float]) -> s
     severe = (
         m["min_share_ratio"] < t["missing_share_ratio"]
         or m["duplicate_rate"] > SEVERE_DUPLICATE_RATE
-        or any(c.op == "<" and c.value < c.threshold / 2 for c in crossed if c.role == "intra-class")
+        # Intra-class checks, and a conditional model's per-label accuracy (its only inter-class check).
+        or any(c.op == "<" and c.value < c.threshold / 2 for c in crossed
+               if c.role == "intra-class" or conditional(m))
     )
     return "severe" if severe else "moderate"
+
+
+def _lost_labels(m: dict[str, Any], t: dict[str, float]) -> list[str]:
+    if not conditional(m):
+        return []
+    return [
+        f"{k} (read as {k} in {acc:.0%}, mostly as {m['label_read_as'][k]})"
+        for k, acc in enumerate(m["label_accuracy_per_label"]) if acc is not None and acc < t["label_accuracy"]
+    ]
 
 
 def judge(m: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +152,9 @@ def judge(m: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
             f"{d} ({m['class_shares'][d]:.1%} of samples, {ratios[d]:.2f} x its MNIST share)" for d in weak
         )
         evidence.insert(0, f"{len(weak)} of 10 digits are missing or far under-represented: {listed}")
+    lost = _lost_labels(m, t)
+    if lost:
+        evidence.insert(0, f"{len(lost)} of 10 requested digits are drawn as another digit: {', '.join(lost)}")
     evidence.append(f"support size: {m['support_size']['text']}")
     return {
         "detected": kind != "none",
@@ -138,4 +172,5 @@ def judge(m: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
             "class_kl_interval": m["class_kl_interval"],
         },
         "checks": [c.as_dict() for c in all_checks],
+        "conditional": conditional(m),
     }
