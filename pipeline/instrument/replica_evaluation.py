@@ -33,7 +33,8 @@ from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_docum
 class ReplicaEvaluation:
     outcomes: list[ReplicaOutcome] = field(default_factory=list)
     grids: dict[int, np.ndarray] = field(default_factory=dict)  # every evaluated replica's fixed-noise grid
-    # DESIGN's sample file holds the first evaluated replica (replica 0 unless it diverged): images, labels.
+    # outputs/evaluate/samples.npz (the file `ganpipe evaluate --samples` reads) holds the first evaluated
+    # replica (replica 0 unless it diverged): its images and, for a conditional model, the labels asked for.
     first_samples: tuple[np.ndarray, np.ndarray | None] | None = None
 
     @property
