@@ -9,6 +9,8 @@ from pathlib import Path
 from pipeline.common import cpu_kernels
 from pipeline.common.mlflow_store import retry_locked
 
+GRID_ID_ENV, GRID_TAG = "GANPIPE_GRID_ID", "grid_id"  # `ganpipe grid`'s id, from its driver to each run's tags
+
 
 def _git(args: list[str], cwd: Path) -> str:
     try:
@@ -32,6 +34,8 @@ def run_identity(model: str, seed: int, cwd: Path | None = None) -> tuple[str, d
         "dvc_baseline_rev": baseline,
         **cpu_kernels.tags(),
     }
+    if os.environ.get(GRID_ID_ENV):  # set by `ganpipe grid` for every point it runs (pipeline/grid)
+        tags[GRID_TAG] = os.environ[GRID_ID_ENV]
     return f"{exp_name or 'workspace'}-{model}-s{seed}", tags
 
 
