@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 from pipeline.common.errors import GanpipeError, Interrupted
 
 EXPERIMENT = "ganpipe"
+GRID_ID_ENV, GRID_TAG = "GANPIPE_GRID_ID", "grid_id"  # `ganpipe grid`'s id, from its driver to each run's tags
 # MLflow 3 opens an experiment in its GenAI view (traces, latency) unless told otherwise. Releases before
 # the UI's GenAI / Model training switch read this tag ("custom model development": runs table, charts,
 # compare page); 3.17 follows the switch instead, see UI_VIEW below.
@@ -317,6 +318,8 @@ def run_identity(model: str, seed: int, cwd: Path | None = None) -> tuple[str, d
         "dvc_exp_name": exp_name or "workspace",
         "dvc_baseline_rev": baseline,
     }
+    if os.environ.get(GRID_ID_ENV):  # set by `ganpipe grid` for every point it runs (pipeline/grid)
+        tags[GRID_TAG] = os.environ[GRID_ID_ENV]
     return f"{exp_name or 'workspace'}-{model}-s{seed}", tags
 
 
