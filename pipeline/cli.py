@@ -283,11 +283,12 @@ def grid(
     name: Optional[str] = typer.Option(None, "--name", help="The grid id, prefix of every point's experiment name (default: grid-<digest of commit and -S>)."),
     retries: int = typer.Option(1, "--retries", min=0, help="How often Ray retries a failed point (a lost node's points are rerun as well)."),
     git_remote: Optional[str] = typer.Option(None, "--git-remote", help="The git remote the points clone from and push to (default: origin)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every point's result (node, device, wall time, collapse rate, ...) to this JSON file."),
 ) -> None:
     """Run an experiment grid (DVC's -S product) as one Ray task per point, on this machine or a Ray cluster."""
     from pipeline.grid.driver import Options, run_grid
 
-    options = Options(sets, address, cpus_per_point, gpus_per_point, name, retries, git_remote)
+    options = Options(sets, address, cpus_per_point, gpus_per_point, name, retries, git_remote, json_out)
     try:
         status = run_grid(_root(), options)
     except GanpipeError as exc:

@@ -27,6 +27,7 @@ class Options:
     name: str | None = None
     retries: int = 1
     git_remote: str | None = None
+    json_out: Path | None = None  # also write the grid's results here (scripts, the benchmark, the tests)
 
 
 @dataclass
@@ -57,7 +58,7 @@ def prepare(root: Path, opts: Options) -> Plan:
 
 
 def _line(grid: str, total: int, done: int, running: int, failed: int, eta: float | None) -> str:
-    eta_text = f", ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}" if eta is not None else ""
+    eta_text = f", ETA {int(eta // 60)} min {int(eta % 60):02d} s" if eta is not None else ""
     return f"grid {grid}: {done}/{total} done, {running} running, {failed} failed{eta_text}"
 
 
@@ -110,7 +111,8 @@ def cancel(pending: dict) -> None:
     its dvc process group) and wait for them, so their MLflow runs are marked KILLED before we exit."""
     import ray
 
-    stderr.print(f"Ctrl-C: cancelling {len(pending)} point(s) and waiting up to {CANCEL_WAIT_S} s for them to stop")
+    message = f"Ctrl-C: cancelling {len(pending)} point(s) and waiting up to {CANCEL_WAIT_S} s for them to stop"
+    stderr.print(message, soft_wrap=True, highlight=False)
     for ref in pending:
         ray.cancel(ref, force=False, recursive=True)
     ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
@@ -121,7 +123,7 @@ def run_shared(plan: Plan, opts: Options) -> dict:
 
     from pipeline.grid import task
 
-    stderr.print(f"grid {plan.grid}: the shared stages (download -> calibrate), once, pushed with the run cache")
+    stderr.print(f"grid {plan.grid}: the shared stages (download -> calibrate), once, pushed with the run cache", soft_wrap=True)
     remote = ray.remote(task.run_shared).options(
         num_cpus=opts.cpus_per_point, num_gpus=opts.gpus_per_point, max_retries=opts.retries, retry_exceptions=True
     )
@@ -160,33 +162,40 @@ def pull(root: Path, plan: Plan, names: list[str]) -> None:
 
 def run_grid(root: Path, opts: Options) -> int:
     """The whole command; returns the exit status (1 when a point failed after its retries)."""
-    import ray
-
-    from pipeline.common import tracking
     from pipeline.grid import summary
 
     plan = prepare(root, opts)
-    cluster.connect(opts.address)
-    try:
-        cluster.check_resources(opts.cpus_per_point, opts.gpus_per_point)
-        todo = [p for p in plan.points if p.name not in plan.present]
-        skipped = len(plan.points) - len(todo)
-        stderr.print(
-            f"grid {plan.grid}: {len(plan.points)} point(s) at commit {plan.job.commit[:7]}"
-            + (f", {skipped} already in the git remote {plan.git_remote} (not run again)" if skipped else ""),
-            highlight=False,
-        )
-        results: dict[str, dict] = {}
-        failures: dict[str, str] = {}
-        if todo:
-            if not tracking.user_tracking_uri():
-                tracking.connect(root)  # the repository's store gets the experiment (and artifact folder) first
-            shared = run_shared(plan, opts)
-            stderr.print(f"shared stages ready in {shared['wall_s']:.0f} s (computed: {', '.join(shared['ran']) or 'none, restored'})")
-            results, failures = follow(plan, submit(plan, opts, todo), cluster.slots(opts.cpus_per_point, opts.gpus_per_point))
-    finally:
-        ray.shutdown()
+    todo = [p for p in plan.points if p.name not in plan.present]
+    skipped = len(plan.points) - len(todo)
+    stderr.print(
+        f"grid {plan.grid}: {len(plan.points)} point(s) at commit {plan.job.commit[:7]}"
+        + (f", {skipped} already in the git remote {plan.git_remote} (not run again)" if skipped else ""),
+        highlight=False, soft_wrap=True,
+    )
+    shared, results, failures = execute(root, plan, opts, todo) if todo else (None, {}, {})
     names = [p.name for p in plan.points if p.name in plan.present or p.name in results]
     pull(root, plan, names)
     summary.show(plan, results, failures)
+    if opts.json_out:
+        summary.write_json(opts.json_out, plan, shared, results, failures)
     return 1 if failures else 0
+
+
+def execute(root: Path, plan: Plan, opts: Options, todo: list[points.Point]) -> tuple[dict, dict[str, dict], dict[str, str]]:
+    """On Ray: the shared stages once, then the points, followed until the last one ends."""
+    import ray
+
+    from pipeline.common import tracking
+
+    cluster.connect(opts.address)
+    try:
+        cluster.check_resources(opts.cpus_per_point, opts.gpus_per_point)
+        if not tracking.user_tracking_uri():
+            tracking.connect(root)  # the repository's store gets the experiment (and artifact folder) first
+        shared = run_shared(plan, opts)
+        computed = ", ".join(shared["ran"]) or "none, all restored"
+        stderr.print(f"shared stages ready in {shared['wall_s']:.0f} s (computed: {computed})", soft_wrap=True)
+        slots = cluster.slots(opts.cpus_per_point, opts.gpus_per_point)
+        return (shared, *follow(plan, submit(plan, opts, todo), slots))
+    finally:
+        ray.shutdown()

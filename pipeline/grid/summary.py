@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from rich.table import Table
+
+from pipeline.common import atomic
 
 from pipeline.common.console import stderr
 
@@ -39,3 +44,14 @@ def show(plan, results: dict[str, dict], failures: dict[str, str]) -> None:
         print(f"`dvc exp show` lists them; `ganpipe compare --grid {plan.grid}` compares exactly these {len(done)} point(s).")
     if failures:
         print(f"{len(failures)} point(s) failed (their log tails are above); run the same command again to retry only those.")
+
+
+def write_json(path: Path, plan, shared: dict | None, results: dict[str, dict], failures: dict[str, str]) -> None:
+    rows = []
+    for point in plan.points:
+        status = "failed" if point.name in failures else results.get(point.name, {}).get("status")
+        status = status or ("present" if point.name in plan.present else "not run")
+        rows.append({"name": point.name, "overrides": list(point.overrides), **results.get(point.name, {}),
+                     "status": status, "error": failures.get(point.name)})
+    data = {"grid": plan.grid, "commit": plan.job.commit, "shared": shared, "points": rows}
+    atomic.write_text(path, json.dumps(data, indent=2) + "\n")
