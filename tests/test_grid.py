@@ -129,3 +129,159 @@ def test_a_gpu_asked_of_a_cluster_without_one_is_refused(team_repo, tmp_path):
     env = dvc_env(team_repo, CUDA_VISIBLE_DEVICES="", RAY_AUTH_MODE="disabled")
     message = refused(team_repo, "-S", "model=wgan", "--gpus-per-point", "0.5", env=env)
     assert "--gpus-per-point 0.5" in message and "no node" in message
+
+
+# --- a real two-node Ray cluster on loopback ---------------------------------------------------------------
+
+
+class RayCluster:
+    """Nodes started with `ray start --block`, each in its own session so one node can be killed alone."""
+
+    def __init__(self, temp_dir: Path):
+        self.temp_dir = temp_dir
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Token auth on, with a token of this cluster's own (Ray 2.60 turns it on by default for a new head).
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "PYTHONPATH": str(REPO)}
+        self.nodes: list[subprocess.Popen] = []
+
+    def start_node(self, *args: str) -> subprocess.Popen:
+        log = self.temp_dir / f"node{len(self.nodes)}.log"
+        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+        node = subprocess.Popen(
+            ["ray", "start", *args, *common], env={**os.environ, **self.env}, stdout=open(log, "w"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.nodes.append(node)
+        deadline = time.monotonic() + RAY_START_TIMEOUT_S
+        while "Ray runtime started" not in log.read_text():
+            assert node.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        return node
+
+    def start(self) -> None:
+        self.start_node("--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", str(self.temp_dir))
+        self.start_node("--address", self.address)
+
+    def kill(self, node: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(node.pid, sig)
+        except ProcessLookupError:
+            return
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            self.kill(node, signal.SIGTERM)
+        for node in reversed(self.nodes):
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill(node)
+                node.wait(timeout=30)
+
+
+@pytest.fixture
+def ray_cluster():
+    # A short temp dir of its own: Ray's unix sockets live under it, and their paths must stay under 108 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
+    cluster = RayCluster(temp_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+
+
+def exps_in(origin: Path) -> list[str]:
+    return sorted(line.split("/")[-1] for line in git("ls-remote", str(origin), "refs/exps/*", cwd=origin).splitlines())
+
+
+def exp_metrics(shown, name: str) -> dict | None:
+    """The metrics/evaluate.json of experiment `name` anywhere in `dvc exp show --json`'s nesting."""
+    if isinstance(shown, dict):
+        if shown.get("name") == name and shown.get("data"):
+            return shown["data"].get("metrics", {}).get("metrics/evaluate.json", {}).get("data")
+        shown = list(shown.values())
+    if isinstance(shown, list):
+        for item in shown:
+            found = exp_metrics(item, name)
+            if found:
+                return found
+    return None
+
+
+@pytest.mark.slow
+def test_a_2x2_grid_runs_on_two_nodes_and_lands_in_the_team_stack(tmp_path, ray_cluster, team_server):
+    repo = make_team_repo(tmp_path)
+    origin = tmp_path / "origin.git"
+    env = dvc_env(repo, MLFLOW_TRACKING_URI=team_server, **ray_cluster.env)
+    args = ["-S", "model=vanilla,wgan", "-S", "seed=0,1", "--address", ray_cluster.address, "--name", "g22"]
+    result = ganpipe_grid(repo, *args, "--json", str(tmp_path / "grid.json"), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    names = sorted(p["name"] for p in grid["points"])
+    assert names == ["g22-model-vanilla-seed-0", "g22-model-vanilla-seed-1", "g22-model-wgan-seed-0", "g22-model-wgan-seed-1"]
+    assert {p["status"] for p in grid["points"]} == {"done"}
+    assert len({p["node"] for p in grid["points"]}) == 2, grid["points"]  # both nodes ran points
+    # The shared stages ran once, in the shared task; every point restored them from the DVC remote.
+    assert {"download", "prepare", "evaluator", "calibrate"} <= set(grid["shared"]["ran"])
+    for point in grid["points"]:
+        assert not {"download", "prepare", "evaluator", "calibrate"} & set(point["ran"]), point
+        assert "train" in point["ran"]
+
+    # Four experiments in the bare git remote; a fresh clone pulls them and sees their metrics.
+    assert exps_in(origin) == names
+    fresh = tmp_path / "fresh"
+    git("clone", "-q", str(origin), str(fresh), cwd=tmp_path)
+    dvc(fresh, "exp", "pull", "origin", *names)
+    shown = json.loads(dvc(fresh, "exp", "show", "--json").stdout)
+    for name in names:
+        metrics = exp_metrics(shown, name)
+        assert metrics is not None and 0 <= metrics["collapse_rate"] <= 1, name
+
+    # Four finished training runs on the shared MLflow server, tagged with the grid, the experiment and the commit.
+    client = mlflow.MlflowClient(tracking_uri=team_server)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("ganpipe").experiment_id], "tags.grid_id = 'g22'", max_results=100
+    )
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.tags["dvc_exp_name"] for r in parents) == names
+    assert {r.info.status for r in parents} == {"FINISHED"}
+    assert {r.data.tags["git_commit"] for r in parents} == {grid["commit"]}
+
+    # The same command again submits nothing: every point is already in the git remote.
+    again = ganpipe_grid(repo, *args, "--json", str(tmp_path / "again.json"), env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 already in the git remote origin" in again.stderr
+    assert {p["status"] for p in json.loads((tmp_path / "again.json").read_text())["points"]} == {"present"}
+    assert exps_in(origin) == names
+
+
+@pytest.mark.slow
+def test_a_point_on_a_lost_node_is_rerun_and_lands_once(tmp_path, ray_cluster, team_server):
+    repo = make_team_repo(tmp_path)
+    env = {**dvc_env(repo, MLFLOW_TRACKING_URI=team_server, **ray_cluster.env), "PYTHONPATH": str(REPO)}
+    log = tmp_path / "grid.log"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "grid", "-S", "model=vanilla", "-S", "seed=0,1", "--name", "lost",
+         "--address", ray_cluster.address, "--json", str(tmp_path / "grid.json")],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while "0/2 done, 2 running" not in log.read_text():
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(1)
+        time.sleep(20)  # both points are past their clone, into `dvc exp run`
+        ray_cluster.kill(ray_cluster.nodes[1])  # the worker node, with the point it runs
+        out, _ = driver.communicate(timeout=900)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, out + log.read_text()
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    assert {p["status"] for p in grid["points"]} == {"done"}
+    # The survivor (the head) ran both in the end, and the git remote holds exactly one experiment per point.
+    assert len({p["node"] for p in grid["points"]}) == 1
+    assert exps_in(tmp_path / "origin.git") == ["lost-model-vanilla-seed-0", "lost-model-vanilla-seed-1"]

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.grid import guard
+from pipeline.grid import guard, push_uncached
 
-SHARED_TARGET = "calibrate"  # download -> prepare -> evaluator -> calibrate: what every point of a grid shares
+# download -> prepare -> (stack) -> evaluator -> calibrate: what every point of a grid shares
+SHARED_TARGETS = ("stack", "calibrate")
 LOG_TAIL_LINES = 40
 STOP_WAIT_S = 60
 
@@ -115,8 +116,9 @@ def run_shared(job: Job) -> dict:
     start, work = time.monotonic(), Workdir(job)
     try:
         work.clone()
-        work.run(sys.executable, "-m", "dvc", "repro", "--pull", SHARED_TARGET)
+        work.run(sys.executable, "-m", "dvc", "repro", "--pull", *SHARED_TARGETS)
         work.run(sys.executable, "-m", "dvc", "push", "--run-cache", interruptible=False)
+        work.run(sys.executable, push_uncached.__file__, interruptible=False)
         return {**_where(), "ran": work.ran_stages(), "wall_s": round(time.monotonic() - start, 1)}
     finally:
         work.close()
