@@ -250,6 +250,15 @@ def test_a_2x2_grid_runs_on_two_nodes_and_lands_in_the_team_stack(tmp_path, ray_
     assert {r.info.status for r in parents} == {"FINISHED"}
     assert {r.data.tags["git_commit"] for r in parents} == {grid["commit"]}
 
+    # `ganpipe compare --grid` compares exactly the grid's four runs.
+    compared = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "compare", "--grid", "g22", "--out-dir", str(tmp_path / "cmp")],
+        cwd=repo, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+    )
+    assert compared.returncode == 0, compared.stderr
+    report = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert all(r.info.run_id[:8] in report for r in parents) and "4 runs" in report
+
     # The same command again submits nothing: every point is already in the git remote.
     again = ganpipe_grid(repo, *args, "--json", str(tmp_path / "again.json"), env=env)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -285,3 +294,39 @@ def test_a_point_on_a_lost_node_is_rerun_and_lands_once(tmp_path, ray_cluster, t
     # The survivor (the head) ran both in the end, and the git remote holds exactly one experiment per point.
     assert len({p["node"] for p in grid["points"]}) == 1
     assert exps_in(tmp_path / "origin.git") == ["lost-model-vanilla-seed-0", "lost-model-vanilla-seed-1"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_points_marks_their_runs_killed_and_pushes_nothing(tmp_path, ray_cluster, team_server):
+    repo = make_team_repo(tmp_path)
+    env = {**dvc_env(repo, MLFLOW_TRACKING_URI=team_server, **ray_cluster.env), "PYTHONPATH": str(REPO)}
+    log = tmp_path / "grid.log"
+    long_training = "variants.vanilla.iterations=1000000"  # still training when Ctrl-C comes
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "grid", "-S", "model=vanilla", "-S", "seed=0,1", "-S", long_training,
+         "--name", "stop", "--address", ray_cluster.address],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+    )
+    client = mlflow.MlflowClient(tracking_uri=team_server)
+
+    def training_runs() -> list:
+        experiment = client.get_experiment_by_name("ganpipe")
+        if experiment is None:
+            return []
+        found = client.search_runs([experiment.experiment_id], "tags.grid_id = 'stop'", max_results=100)
+        return [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+
+    try:
+        deadline = time.monotonic() + 600
+        while len([r for r in training_runs() if r.info.status == "RUNNING"]) < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(2)
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, out + log.read_text()
+    assert "interrupted" in log.read_text() and "Traceback" not in log.read_text()
+    assert {r.info.status for r in training_runs()} == {"KILLED"}
+    assert exps_in(tmp_path / "origin.git") == []

@@ -28,6 +28,10 @@ def stop_group(child: subprocess.Popen) -> int:
 
 def main(argv: list[str]) -> int:
     parent, command = int(argv[0]), argv[argv.index("--") + 1 :]
+    # Ray's worker threads block SIGINT and SIGTERM, and a blocked mask survives fork and exec: without
+    # this, dvc and the stage would never see the interrupt (the train stage would train on, its MLflow
+    # run left RUNNING). Unblocked here, before the command starts, so its whole tree gets them again.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     # A handler, not SIG_IGN: the child must not inherit an ignored SIGINT (Python would keep ignoring it).
     signal.signal(signal.SIGINT, lambda *_: None)
     child = subprocess.Popen(command)
@@ -35,8 +39,7 @@ def main(argv: list[str]) -> int:
         try:
             return child.wait(timeout=1)
         except subprocess.TimeoutExpired:
-            if os.getppid() != parent:  # reparented: the Ray worker is gone
-                print(f"ganpipe grid: the Ray worker (pid {parent}) is gone; stopping this point", file=sys.stderr, flush=True)
+            if os.getppid() != parent:  # reparented: the Ray worker is gone (and with it our stderr's reader)
                 return stop_group(child)
 
 

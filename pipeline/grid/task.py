@@ -70,7 +70,7 @@ class Workdir:
             text=True, start_new_session=True,
         )
         try:
-            out, _ = proc.communicate()
+            out = self._wait(proc)
         except KeyboardInterrupt:
             if interruptible:
                 os.killpg(proc.pid, signal.SIGINT)
@@ -84,6 +84,16 @@ class Workdir:
         self.log.extend(out.splitlines())
         if proc.returncode != 0:
             raise PointFailed(f"`{' '.join(cmd)}` exited with status {proc.returncode}. Last lines:\n{self.tail()}")
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen) -> str:
+        # In short slices: ray.cancel raises KeyboardInterrupt only when Python code runs, not inside one
+        # long blocking wait. Retrying communicate() after its timeout loses no output.
+        while True:
+            try:
+                return proc.communicate(timeout=1)[0]
+            except subprocess.TimeoutExpired:
+                continue
 
     def tail(self) -> str:
         return "\n".join(self.log[-LOG_TAIL_LINES:])
