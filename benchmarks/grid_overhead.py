@@ -102,6 +102,7 @@ def _healthy(url: str) -> bool:
 
 
 def team_repo(base: Path) -> Path:
+    base.mkdir(parents=True, exist_ok=True)
     git("init", "-q", "--bare", "-b", "main", str(base / "origin.git"), cwd=base)
     repo = make_dvc_repo(base / "repo", grid_params())
     subprocess.run(["dvc", "remote", "add", "-q", "-d", "shared", str(base / "dvc-remote")], cwd=repo, check=True)
