@@ -258,6 +258,7 @@ def compare(
     out_dir: Optional[Path] = typer.Option(
         None, "--out-dir", help="Where comparison.html/.md go (default: reports/ at the repository root)."
     ),
+    grid_id: Optional[str] = typer.Option(None, "--grid", help="Exactly the finished runs of this `ganpipe grid` (its id, e.g. grid-1a2b3c4)."),
 ) -> None:
     """Compare runs from the MLflow store: metrics table, sample grids, training curves, verdicts."""
     from pipeline.common import layout
@@ -269,6 +270,10 @@ def compare(
     try:
         out = out_dir or root / layout.REPORTS_DIR
         atomic.check_writable(out / "comparison.html")
+        if grid_id:
+            from pipeline.grid.results import grid_runs
+
+            runs = [*(runs or []), *grid_runs(root, experiment, grid_id)]
         with stderr.status("reading runs from the MLflow store"):
             written = write_comparison(root, out, experiment, _split(runs), _split(models), across_budgets)
     except GanpipeError as exc:
@@ -293,6 +298,34 @@ def exp_show(ctx: typer.Context) -> None:
     from pipeline.common.views import exp_show_command
 
     raise typer.Exit(subprocess.run(exp_show_command(ctx.args), cwd=_root()).returncode)
+
+
+@app.command(epilog="""**Examples**
+
+`ganpipe grid -S model=vanilla,wgan,cgan -S seed=0,1,2` (a local Ray instance: this machine's cores)
+
+`ganpipe grid -S model=wgan,cgan -S seed=0,1 --address 10.0.0.5:6379 --gpus-per-point 0.25`
+
+`ganpipe compare --grid grid-1a2b3c4` (exactly that grid's runs)""")
+def grid(
+    sets: list[str] = typer.Option([], "-S", "--set-param", help="An axis in DVC's syntax, e.g. -S model=vanilla,wgan; repeat for more axes."),
+    address: Optional[str] = typer.Option(None, "--address", help="The Ray cluster (HOST:PORT from `ray start --head`, or ray://HOST:PORT); default: a local Ray instance."),
+    cpus_per_point: float = typer.Option(1.0, "--cpus-per-point", min=0.01, help="CPUs Ray reserves for each point."),
+    gpus_per_point: float = typer.Option(0.0, "--gpus-per-point", min=0.0, help="GPUs for each point; fractions share a device (e.g. 0.25)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The grid id, prefix of every point's experiment name (default: grid-<digest of commit and -S>)."),
+    retries: int = typer.Option(1, "--retries", min=0, help="How often Ray retries a failed point (a lost node's points are rerun as well)."),
+    git_remote: Optional[str] = typer.Option(None, "--git-remote", help="The git remote the points clone from and push to (default: origin)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every point's result (node, device, wall time, collapse rate, ...) to this JSON file."),
+) -> None:
+    """Run an experiment grid (DVC's -S product) as one Ray task per point, on this machine or a Ray cluster."""
+    from pipeline.grid.driver import Options, run_grid
+
+    options = Options(sets, address, cpus_per_point, gpus_per_point, name, retries, git_remote, json_out)
+    try:
+        status = run_grid(_root(), options)
+    except GanpipeError as exc:
+        _fail(exc)
+    raise typer.Exit(status)
 
 
 def main() -> None:  # pragma: no cover - console entry point
