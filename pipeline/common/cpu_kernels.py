@@ -118,6 +118,8 @@ def pin(params_file: Path | str = "params.yaml", mode: str | None = None) -> dic
     """Set the process's kernel choice from `params_file` (or `mode`); call before importing torch or numpy.
     Returns what is in force, which `in_force()` also gives later. A second call returns the first's choice."""
     global _in_force
+    if _in_force is not None:  # the first pin of a process wins: a benchmark or test may choose before the CLI
+        return _in_force
     file_mode, threads = settings_from_params(Path(params_file))
     mode = mode or file_mode
     if mode not in MODES:
@@ -126,8 +128,6 @@ def pin(params_file: Path | str = "params.yaml", mode: str | None = None) -> dic
             "x86-64 CPU with AVX2) or native (this CPU's fastest kernels, results of its own). Fix it in "
             "params.yaml or in `-S compute.cpu_kernels=...`."
         )
-    if _in_force is not None:  # the first pin of a process wins: a benchmark or test may choose before the CLI
-        return _in_force
     loaded = [name for name in LOADS_KERNELS if name in sys.modules]
     if loaded:
         raise RuntimeError(
@@ -140,8 +140,7 @@ def pin(params_file: Path | str = "params.yaml", mode: str | None = None) -> dic
         print(warning, file=sys.stderr)
     if effective == "portable":
         os.environ.update(portable_env(threads))
-    _in_force = {"requested": mode, "mode": effective}
-    _configure_torch(effective)
+    _in_force = {"requested": mode, "mode": effective, "torch_capability": _configure_torch(effective)}
     return _in_force
 
 
@@ -165,14 +164,15 @@ def pin_or_exit(params_file: Path | str = "params.yaml", mode: str | None = None
         sys.exit(report_error(exc))
 
 
-def _configure_torch(mode: str) -> None:
+def _configure_torch(mode: str) -> str:
+    """Load torch with the environment set, switch off the backends portable mode avoids, and return the
+    capability ATen dispatches at."""
     import torch  # after the environment is set: torch reads it as it loads
 
     if mode == "portable":
         torch.backends.mkldnn.enabled = False  # convolutions via im2col and MKL (see the module docstring)
         torch.backends.nnpack.set_flags(False)  # NNPACK picks its kernels by CPU too
-    if _in_force is not None:
-        _in_force["torch_capability"] = torch.backends.cpu.get_cpu_capability()
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def in_force() -> dict[str, Any]:
