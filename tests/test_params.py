@@ -22,7 +22,9 @@ from .conftest import REPO, repo_params
 
 STAGES = ["download", "prepare", "stack", "evaluator", "calibrate", "train", "evaluate", "report"]
 VALID_MODELS = (
-    "cgan, cwgan-gp, dcgan, dcgan-wgan-gp, pacdcgan2, pacgan2, sngan, vanilla, vanilla-ns, wgan, wgan-gp, wgan-lr1e-4, wgan-schedule"
+    "cgan, cwgan-gp, dcgan, dcgan-half-d, dcgan-quarter-d, dcgan-wgan-gp, pacdcgan2, pacdcgan2-half-d, "
+    "pacdcgan2-quarter-d, pacdcgan3-half-d, pacdcgan3-quarter-d, pacdcgan4-half-d, pacdcgan4-quarter-d, pacgan2, "
+    "sngan, vanilla, vanilla-ns, wgan, wgan-gp, wgan-lr1e-4, wgan-schedule"
 )
 FIX = "Fix params.yaml (or the `-S key=value` you passed to `dvc exp run`) and run again."
 

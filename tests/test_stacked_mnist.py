@@ -9,6 +9,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -211,3 +212,39 @@ def test_dvc_exp_run_on_stacked_mnist_reports_modes_in_metrics_and_mlflow(tmp_pa
     assert parent[0].data.metrics["eval/modes_captured"] == metrics["modes_captured"]
     children = [r for r in runs(repo) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 2
+
+
+@pytest.mark.slow
+def test_a_table3_preset_runs_through_dvc_with_its_protocol_and_a_modes_curve(tmp_path, shared_cache):
+    """`dvc exp run -S dataset=stacked-mnist -S model=pacdcgan2-quarter-d` from a fresh repo: the preset's own
+    sample count (not stacked_mnist.eval_samples), modes every eval_every for every replica in the training
+    curve, MLflow and DVC's plot."""
+    from .conftest import dvc, new_repo, runs
+
+    params = tiny_params(iterations=40)
+    repo = new_repo(tmp_path / "repo", params, shared_cache)
+    preset = "pacdcgan2-quarter-d"
+    dvc(repo, "exp", "run", "-S", "dataset=stacked-mnist", "-S", f"model={preset}",
+        "-S", f"variants.{preset}.stacked_eval_samples=1200", timeout=1200)
+    with np.load(repo / "outputs/evaluate/samples.npz") as f:
+        assert f["images"].shape == (1200, 3, 28, 28)  # the preset's count, not stacked_mnist.eval_samples (1000)
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 1 <= metrics["modes_captured"] <= 1000 and metrics["real_modes_captured"] > 600  # ~699 expected at 1,200
+    curve = pd.read_csv(repo / "outputs/train/collapse_curve.csv")
+    assert sorted(curve["step"].unique()) == [20, 40] and sorted(curve["replica"].unique()) == [0, 1]
+    assert curve["modes_captured"].between(1, 1000).all()
+    child = [r for r in runs(repo) if "mlflow.parentRunId" in r.data.tags][0]
+    history = runs_metric_history(repo, child.info.run_id, "train/modes_captured")
+    assert [step for step, _ in history] == [20, 40]
+    shown = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
+    title = next(name for name in shown if name.startswith("Stacked MNIST modes captured during training"))
+    spec = shown[title][0]["content"]
+    assert spec["encoding"]["color"]["field"] == "replica"  # one line per replica
+    assert {str(row["replica"]) for row in spec["data"]["values"]} == {"0", "1"}
+
+
+def runs_metric_history(repo, run_id: str, key: str) -> list[tuple[int, float]]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))

@@ -50,7 +50,8 @@ class VariantParams(Strict):
     objective: Literal["minimax", "bce_logits", "wasserstein", "hinge"]
     conditional: bool
     z_dim: PositiveInt
-    hidden: PositiveInt  # the MLP's hidden units, or the DCGAN's base channel count
+    hidden: PositiveInt  # the MLP's hidden units, or the conv families' base channel count
+    critic_hidden: PositiveInt | None  # D's own base width where it is sized apart from G's; null: hidden
     batch_size: PositiveInt
     iterations: PositiveInt
     optimizer: Literal["adam", "rmsprop"]
@@ -59,13 +60,24 @@ class VariantParams(Strict):
         tuple[Beta, Beta],
         Field(description="a list of two numbers (beta1 and beta2), each >= 0 and < 1, e.g. [0.9, 0.999]"),
     ]
+    critic_lr: PositiveFloat | None  # D's learning rate where it differs from G's; null: lr
+    critic_betas: Annotated[
+        tuple[Beta, Beta] | None,
+        Field(description="null, or a list of two numbers (beta1 and beta2), each >= 0 and < 1, e.g. [0.5, 0.99]"),
+    ]
+    # joint: real and fake go through D as one batch (one larger matmul); separate: two batches, so batch
+    # norm in D sees one kind at a time (PacGAN's released Stacked MNIST code, and DCGAN's reference code)
+    critic_pass: Literal["joint", "separate"]
+    # Stacked MNIST samples whose modes are counted for this preset, in training and at evaluation; null:
+    # stacked_mnist.eval_samples. PacGAN's Table 3 protocol counts 25,600 (their Table 2: 26,000).
+    stacked_eval_samples: PositiveInt | None
     n_critic: PositiveInt
     # constant: n_critic critic steps per generator step; wgan-reference: the WGAN authors' code, 100 for the
     # first 25 generator steps and every 500th, else n_critic (pipeline/gan/critic_schedule.py)
     critic_schedule: Literal["constant", "wgan-reference"]
     gradient_penalty: PositiveFloat | None  # WGAN-GP's lambda; null: no penalty
     clip: PositiveFloat | None
-    arch: Literal["mlp", "dcgan"]
+    arch: Literal["mlp", "dcgan", "unrolled"]
     pack: PositiveInt  # PacGAN's m: D judges m samples at once; 1: no packing
     spectral_norm: bool
 
@@ -271,6 +283,11 @@ class Params(Strict):
     @property
     def variant(self) -> VariantParams:
         return self.variants[self.model]
+
+    @property
+    def stacked_eval_samples(self) -> int:
+        """Stacked MNIST samples whose modes are counted: the preset's protocol, else the dataset's."""
+        return self.variant.stacked_eval_samples or self.stacked_mnist.eval_samples
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ class Trainer:
 
     def _make_optimizers(self) -> None:
         self.g_opt = make_optimizer(self.generator.parameters(), self.variant, self.device)
-        self.d_opt = make_optimizer(self.critic.parameters(), self.variant, self.device)
+        self.d_opt = make_optimizer(self.critic.parameters(), self.variant, self.device, critic=True)
 
     def _autocast(self):
         # bf16 matmuls with fp32 master weights, fp32 losses and fp32 optimiser state.
@@ -121,6 +121,7 @@ class Trainer:
         # One draw covers all k critic batches plus the generator step's labels (WGAN change 3: k critic
         # steps per generator step).
         lam = v.gradient_penalty  # WGAN-GP's lambda, or None
+        separate = v.critic_pass == "separate"
         idx, z, eps = self._draw((k + 1) * b, 0 if lam is None else k * b)
         y = self._onehot[self.labels[idx]] if v.conditional else None  # (R, (k+1)b, 10)
         real = self.images[idx[:, : k * b]]  # (R, kb, 784)
@@ -134,9 +135,11 @@ class Trainer:
 
         def critic_loss(dp, db, real, fake, y, eps):
             critic = D.bind(dp, db)
-            # Real and fake go through D as one batch: one larger matmul instead of two.
-            both = critic(torch.cat([real, fake]), None if y is None else torch.cat([y, y]))
-            d_real, d_fake = both.float().chunk(2)  # halves, also when D scores packs of samples
+            if separate:  # batch norm in D sees one kind per batch (critic_pass: separate)
+                d_real, d_fake = critic(real, y).float(), critic(fake, y).float()
+            else:  # one batch: one larger matmul instead of two
+                both = critic(torch.cat([real, fake]), None if y is None else torch.cat([y, y]))
+                d_real, d_fake = both.float().chunk(2)  # halves, also when D scores packs of samples
             loss = obj.d_loss(d_real, d_fake)
             if lam is None:
                 return torch.stack([loss, torch.zeros_like(loss)])

@@ -202,8 +202,12 @@ class _TrainingHooks:
 
     def quick_metrics(self, r: int, step: int) -> dict[str, float]:
         generator = self.trainer.replica_generator(r)
-        imgs = sampling.sample(generator, self.eval_n, seed=self.params.seed + step, labels=self.eval_labels)
-        quick = evaluation.quick_metrics(imgs, self.classifier, self.ref, self.params.evaluate.verdict.min_share_ratio)
+        # Stacked MNIST counts modes on as many samples as the final evaluation, so the curve's last point
+        # and the published tables count alike (a mode count grows with the sample count).
+        n = self.params.stacked_eval_samples if self.stacked is not None else self.eval_n
+        imgs = sampling.sample(generator, n, seed=self.params.seed + step, labels=self.eval_labels)
+        share = self.params.evaluate.verdict.min_share_ratio
+        quick = evaluation.quick_metrics(imgs[: self.eval_n], self.classifier, self.ref, share)
         if self.stacked is not None:  # the digits above are pooled over channels; modes count the triples
             quick.update(quick_modes(self.classifier, imgs))
         return quick

@@ -1,7 +1,7 @@
 """The variant registry: turn a preset from params.yaml into networks, an objective and optimisers.
 
 A new variant is a new preset in params.yaml, not new control flow: everything that differs between
-the presets (objective, optimiser, architecture family, packing, spectral norm, gradient penalty) is a
+the presets (objective, optimisers, architecture family and D's size, packing, spectral norm, gradient penalty) is a
 field of `VariantParams`, and each is applied here in one line.
 """
 
@@ -29,12 +29,18 @@ class GanParts:
     d_opt: torch.optim.Optimizer
 
 
-def make_optimizer(params, variant: VariantParams, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(
+    params, variant: VariantParams, device: torch.device, critic: bool = False
+) -> torch.optim.Optimizer:
+    """G's optimiser, or with `critic` D's: D takes critic_lr / critic_betas where the preset sets them
+    (PacGAN's Table 3 code trains D at twice G's rate)."""
+    lr = variant.critic_lr if critic and variant.critic_lr is not None else variant.lr
+    betas = variant.critic_betas if critic and variant.critic_betas is not None else variant.betas
     if variant.optimizer == "adam":
         # fused=True: one kernel updates every parameter (supported on CPU and CUDA).
-        return torch.optim.Adam(params, lr=variant.lr, betas=variant.betas, fused=True)
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
     # WGAN change 4: RMSProp (no fused kernel exists for it; foreach batches the update instead).
-    return torch.optim.RMSprop(params, lr=variant.lr, foreach=True)
+    return torch.optim.RMSprop(params, lr=lr, foreach=True)
 
 
 def build_generator(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.Module:
@@ -45,7 +51,7 @@ def build_generator(variant: VariantParams, channels: int = MNIST_CHANNELS) -> n
 def build_critic(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.Module:
     family = ARCHITECTURES[variant.arch]
     critic = family.Discriminator(
-        variant.hidden,
+        variant.critic_hidden or variant.hidden,  # D sized apart from G (PacGAN's Table 3: a quarter or half)
         variant.conditional,
         sigmoid_output=OBJECTIVES[variant.objective].sigmoid_output,
         channels=channels,
@@ -76,5 +82,5 @@ def build(variant: VariantParams, device: torch.device, seed: int) -> GanParts:
         generator=generator,
         critic=critic,
         g_opt=make_optimizer(generator.parameters(), variant, device),
-        d_opt=make_optimizer(critic.parameters(), variant, device),
+        d_opt=make_optimizer(critic.parameters(), variant, device, critic=True),
     )

@@ -26,14 +26,14 @@ from pipeline.gan.networks.shapes import IMAGE_SIDE, N_CLASSES
 _QUARTER = IMAGE_SIDE // 4  # 7: the spatial size before the two stride-2 stages
 
 
-def _channels_last_(module: nn.Module) -> None:
+def channels_last_(module: nn.Module) -> None:
     # Conv kernels in NHWC order: measured 1.47x the generator iterations/s of NCHW for this preset on the
     # 2-core CPU (benchmarks/train_speed.py --variants dcgan --channels-last, see README "Speed"); the
     # activations follow the weights' format. torch.compile was slower there, so it stays off.
     module.to(memory_format=torch.channels_last)
 
 
-def _dcgan_init_(module: nn.Module) -> None:
+def dcgan_init_(module: nn.Module) -> None:
     # Radford et al. §4: all weights from a zero-centred normal with standard deviation 0.02.
     for layer in module.modules():
         if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
@@ -63,8 +63,8 @@ class Generator(nn.Module):
             nn.Sigmoid(),
             nn.Flatten(),
         )
-        _dcgan_init_(self)
-        _channels_last_(self)
+        dcgan_init_(self)
+        channels_last_(self)
 
     def forward(self, z: torch.Tensor, y_onehot: torch.Tensor | None = None) -> torch.Tensor:
         if self.n_classes:
@@ -93,8 +93,8 @@ class Discriminator(nn.Module):
         if sigmoid_output:
             head.append(nn.Sigmoid())
         self.head = nn.Sequential(*head)
-        _dcgan_init_(self)
-        _channels_last_(self)
+        dcgan_init_(self)
+        channels_last_(self)
 
     def forward(self, x: torch.Tensor, y_onehot: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(pack_rows(x, self.pack))
