@@ -16,7 +16,7 @@ counted every that many iterations for every seed (the curve); the last point is
     python benchmarks/stacked_mnist.py --iterations 2000 --samples 10000 --seeds 0,1,2   # reduced
     python benchmarks/stacked_mnist.py --presets dcgan-quarter-d,pacdcgan2-quarter-d --seeds 0,1,2,3,4 \
         --iterations 2000 --count-every 250 --out table3.json      # Table 3's setting, short budget, curve
-    python benchmarks/stacked_mnist.py --report table3.json         # the tables again from a saved run
+    python benchmarks/stacked_mnist.py --report a.json b.json       # the tables again from saved runs
     python benchmarks/stacked_mnist.py --json                       # one JSON object per preset
 
 Needs the prepared MNIST and the evaluator: `dvc repro evaluator` first. --out is rewritten after every
@@ -214,6 +214,27 @@ def curve_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def contrasts(results: list[dict]) -> str:
+    """Each later preset against the first, at the final count: the difference of mean modes with its Welch
+    95% interval, and the exact two-sided Mann-Whitney p (no normality assumed; 5 against 5 seeds can reach
+    p = 0.008 at best)."""
+    from scipy import stats
+
+    lines = ["| preset against the first | difference in mean modes [Welch 95% interval] | Mann-Whitney U, exact p |",
+             "| --- | --- | --- |"]
+    base = results[0]
+    for r in results[1:]:
+        a, b = r.get("modes_captured", []), base.get("modes_captured", [])
+        if len(a) < 2 or len(b) < 2:
+            continue
+        welch = stats.ttest_ind(a, b, equal_var=False)
+        lo, hi = welch.confidence_interval(0.95)
+        u = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact")
+        lines.append(f"| `{r['preset']}` − `{base['preset']}` | {np.mean(a) - np.mean(b):+.1f} [{lo:+.1f}, {hi:+.1f}] | "
+                     f"U = {u.statistic:g}, p = {u.pvalue:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-kernels", choices=cpu_kernels.MODES,
@@ -226,7 +247,8 @@ def main() -> None:
                         help="samples counted (default: the preset's stacked_eval_samples, else stacked_mnist.eval_samples)")
     parser.add_argument("--count-every", type=int, default=None, help="count modes every this many iterations (the curve)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (rewritten after every count)")
-    parser.add_argument("--report", type=Path, default=None, help="print the tables of a saved --out file; train nothing")
+    parser.add_argument("--report", type=Path, nargs="+", default=None,
+                        help="print the tables of saved --out files (in this order); train nothing")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: params.yaml train.threads)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per preset")
@@ -234,7 +256,7 @@ def main() -> None:
     args.presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     try:
-        results = json.loads(args.report.read_text()) if args.report else run(args)
+        results = [r for path in args.report for r in json.loads(path.read_text())] if args.report else run(args)
     except GanpipeError as exc:
         sys.exit(f"error: {exc}")
     if args.json:
@@ -242,6 +264,9 @@ def main() -> None:
             print(json.dumps(r))
     else:
         print(table(results))
+        if len(results) > 1:
+            print("\nAt the final count:\n")
+            print(contrasts(results))
         if any(r["curve"] for r in results):
             print("\nModes captured during training (mean ± SE over seeds):\n")
             print(curve_table(results))

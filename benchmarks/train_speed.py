@@ -67,12 +67,13 @@ class ReferenceLoop:
         self.v, self.device = variant, device
         parts = build(variant, device, seed)
         self.G, self.D, self.obj = parts.generator, parts.critic, parts.objective
-        make = (
-            (lambda ps: torch.optim.RMSprop(ps, lr=variant.lr))
-            if variant.optimizer == "rmsprop"
-            else (lambda ps: torch.optim.Adam(ps, lr=variant.lr, betas=variant.betas))
-        )
-        self.g_opt, self.d_opt = make(self.G.parameters()), make(self.D.parameters())
+        def make(ps, lr, betas):  # the textbook optimisers: no fused or foreach kernels
+            if variant.optimizer == "rmsprop":
+                return torch.optim.RMSprop(ps, lr=lr)
+            return torch.optim.Adam(ps, lr=lr, betas=betas)
+
+        self.g_opt = make(self.G.parameters(), variant.lr, variant.betas)
+        self.d_opt = make(self.D.parameters(), variant.critic_lr or variant.lr, variant.critic_betas or variant.betas)
         self.loader = DataLoader(TensorDataset(x, y), batch_size=variant.batch_size, shuffle=True, drop_last=True)
         self.batches = self._forever()
         self.last = {}

@@ -209,6 +209,21 @@ def test_ladder_quality_metrics_follow_the_corruption_strength(ladder, family):
     assert _monotone(_series(ladder, family, "ndb"), increasing=True)
 
 
+QUALITY_DEFECTS = ("gaussian noise", "salt-and-pepper", "blur", "shift")
+
+
+@pytest.mark.parametrize("key", ["recall", "coverage"])
+def test_ladder_recall_and_coverage_cannot_separate_prototypes_from_quality_defects(ladder, key):
+    """Why recall and coverage do not decide intra-class collapse (docs/instrument.md): no threshold on
+    them calls every prototype rung collapsed without also calling a rung collapsed that is only noisy,
+    blurred or shifted: the least affected prototype rung scores below the most affected quality rung."""
+    prototypes = [ladder[f, s][key] for f, s, _ in LADDER if f.endswith("prototypes per digit")]
+    quality = [ladder[f, s][key] for f, s, _ in LADDER if f in QUALITY_DEFECTS]
+    clean = ladder["digits removed", 0][key]
+    assert max(prototypes) > min(quality)  # overlap: a threshold that catches all prototypes catches quality rungs
+    assert min(quality) < 0.5 * clean  # and the quality rungs fall far, not just below real data's range
+
+
 def test_ladder_precision_separates_speckled_prototypes_from_real_digits(ladder, calibration):
     real_low = calibration["real"]["precision"]["min"]
     for k in (1, 3):

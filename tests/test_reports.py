@@ -406,6 +406,7 @@ def test_verdict_reaches_the_report_the_run_descriptions_and_dvc_metrics(workspa
     import mlflow
 
     from pipeline.common import views
+    from pipeline.reports import run_report
     from pipeline.reports.glossary import fmt
 
     ws, run_id = workspace
@@ -414,6 +415,13 @@ def test_verdict_reaches_the_report_the_run_descriptions_and_dvc_metrics(workspa
     evaluated = [r for r in document["replicas"] if r["status"] == "evaluated"]
     page = parse_page(ws / "reports" / "report.html")
     assert f"mean confidence {fmt(summary['mean_confidence'])}" in page.all_text
+    # the report says which checks decide, read from the verdict's own roles
+    decide = re.search(r"Checks that decide collapse\s*:\s*(.*?)\. Shown but not deciding:\s*(.*?)\. Recall", page.all_text)
+    deciding = {run_report.check_name(c) for r in evaluated for c in r["collapse"]["checks"] if c["role"] in ("inter-class", "intra-class")}
+    assert deciding == {"smallest digit share / MNIST share", "near-duplicate rate", "neighbour spread"}
+    assert set(decide.group(1).split("; ")) == deciding
+    shown = set(decide.group(2).split("; "))
+    assert {"recall (diagnostic)", "coverage (diagnostic)", "intra-class diversity (diagnostic)"} <= shown
     assert ("Samples are mostly not digits" in page.all_text) == (summary["mean_confidence"] < 0.5)
     client = mlflow.MlflowClient()
     parent = client.get_run(run_id)

@@ -248,3 +248,32 @@ def runs_metric_history(repo, run_id: str, key: str) -> list[tuple[int, float]]:
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_the_benchmark_sets_its_rows_beside_the_published_ones_with_the_contrast_and_curve(tmp_path):
+    """`benchmarks/stacked_mnist.py --report` on saved runs: each published Table 3 row, ganpipe's mean ± SE
+    over seeds with its budget and device, the later preset against the first, and the curve."""
+    import subprocess
+    import sys
+
+    def saved(preset, finals, curve_at_1000):
+        curve = [{"step": 1000, "seed": s, "modes_captured": m, "mode_kl": 3.0} for s, m in enumerate(curve_at_1000)]
+        curve += [{"step": 2000, "seed": s, "modes_captured": m, "mode_kl": 2.0} for s, m in enumerate(finals)]
+        return {"preset": preset, "device": "cpu", "threads": 1, "iterations": 2000, "batch_size": 128, "samples": 25600,
+                "seeds": [0, 1, 2], "curve": curve, "diverged": 0, "modes_captured": finals, "mode_kl": [2.0] * 3,
+                "modes_captured_mean": float(np.mean(finals)), "modes_captured_se": float(np.std(finals, ddof=1) / 3 ** 0.5),
+                "mode_kl_mean": 2.0, "mode_kl_se": 0.0, "train_seconds": 10.0, "iterations_per_second": 200.0}
+
+    (tmp_path / "a.json").write_text(json.dumps([saved("dcgan-quarter-d", [10, 20, 30], [5, 6, 7])]))
+    (tmp_path / "b.json").write_text(json.dumps([saved("pacdcgan2-quarter-d", [100, 200, 300], [50, 60, 70])]))
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks/stacked_mnist.py"), "--report",
+                          str(tmp_path / "a.json"), str(tmp_path / "b.json")],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert "| DCGAN, D = 0.25G | 78.5 ± 17.56 | 5.21 ± 0.19 | PacGAN Table 3, 50 trials, 500,000 iterations |" in out
+    assert "| PacDCGAN2, D = 0.25G | 484.5 ± 32.99 | 2.61 ± 0.22 |" in out
+    assert "| ganpipe `dcgan-quarter-d` | 20.0 ± 5.8 | 2.00 ± 0.00 | ganpipe, 3 seeds (0 diverged), 2,000 iterations" in out
+    assert "| ganpipe `pacdcgan2-quarter-d` | 200.0 ± 57.7 |" in out and "25,600 samples, cpu, 1 thread(s)" in out
+    # 100, 200, 300 against 10, 20, 30: +180, but with 3 seeds a Welch interval wide enough to hold 0
+    # (t with 2.04 degrees of freedom); the ranks are fully apart, the smallest exact p 3 against 3 allows
+    assert "| `pacdcgan2-quarter-d` − `dcgan-quarter-d` | +180.0 [-65.0, +425.0] | U = 9, p = 0.100 |" in out
+    assert "| 1,000 | 6.0 ± 0.6 | 60.0 ± 5.8 |" in out and "| 2,000 | 20.0 ± 5.8 | 200.0 ± 57.7 |" in out

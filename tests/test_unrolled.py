@@ -172,3 +172,15 @@ def test_replicas_trained_side_by_side_equal_each_trained_alone(name):
         # batch norm's running statistics are each replica's own (the batch counter, too)
         counts = [value for key, value in together.critic.buffers.items() if key.endswith("num_batches_tracked")]
         assert len(counts) == 3 and all(c.tolist() == [4 * 3] * 2 for c in counts)  # 4 x (real, fake, G step)
+
+
+@pytest.mark.parametrize("name", TABLE3)
+def test_each_preset_trains_on_stacked_rows_with_finite_losses(name):
+    v = variant(name)
+    v = v.model_copy(update={"batch_size": 4 * v.pack})  # 4 packs: the preset's wiring, at a test's size
+    images, labels = torch.rand(64, STACKED * 784, generator=torch.Generator().manual_seed(0)), torch.zeros(64, dtype=torch.long)
+    trainer = Trainer(v, images, labels, [0, 1])
+    trainer.advance(2)
+    losses = trainer.read_losses()
+    assert sorted(losses) == [0, 1]
+    assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in losses.values())

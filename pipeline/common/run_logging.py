@@ -11,7 +11,9 @@ from pipeline.common.mlflow_store import retry_locked
 
 # Metric and param name groups: MLflow's UI draws one collapsible chart section per prefix before "/".
 TRAIN, EVAL, VARIANT = "train", "eval", "variant"
-PARAM_SECTIONS = {"train": TRAIN, "evaluate": EVAL, "evaluator": "evaluator", "compute": "compute"}  # params.yaml section -> prefix
+PARAM_SECTIONS = {
+    "train": TRAIN, "evaluate": EVAL, "evaluator": "evaluator", "compute": "compute", "stacked_mnist": "stacked_mnist",
+}  # params.yaml section -> prefix
 
 
 def metric_name(section: str, key: str) -> str:

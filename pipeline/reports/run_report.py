@@ -6,6 +6,7 @@ report.md (figures as files) and report.html (self-contained).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +188,7 @@ def _verdict_evidence(e: dict[str, Any], calibration: dict[str, Any], checks_ran
         f"subsets of {fmt(calibration['n_samples'])} real MNIST images the instrument never saw, so real data is never "
         "called collapsed. Margin > 0: on the safe side of the threshold by that much."
     ))
+    blocks.append(Paragraph(_which_checks_decide(evaluated(e))))
     if any(r["collapse"].get("conditional") for r in evaluated(e)):
         blocks.append(Paragraph(
             "**Conditional model**: its samples were drawn for requested digits in MNIST's proportions, so the digit "
@@ -231,6 +233,28 @@ def _verdict_evidence(e: dict[str, Any], calibration: dict[str, Any], checks_ran
                 f"During training, all ten digits were first covered at iteration {full} and never lost afterwards."
             ))
     return blocks
+
+
+DECIDING_ROLES = ("inter-class", "intra-class")
+
+
+def check_name(check: dict[str, Any]) -> str:
+    """A check's name without this replica's particulars ("... (digit 3)", "... (label 5)")."""
+    return re.sub(r" \((digit|label) \d\)", "", check["name"])
+
+
+def _which_checks_decide(replicas: list[dict[str, Any]]) -> str:
+    """One sentence naming the checks that decide the verdict and those only shown, read from the checks'
+    roles (so it cannot drift from the verdict)."""
+    checks = [c for r in replicas for c in r["collapse"].get("checks", [])]
+    deciding = list(dict.fromkeys(check_name(c) for c in checks if c["role"] in DECIDING_ROLES))
+    shown = list(dict.fromkeys(f"{check_name(c)} ({c['role']})" for c in checks if c["role"] not in DECIDING_ROLES))
+    return (
+        f"**Checks that decide collapse**: {'; '.join(deciding) or 'none'}. Shown but not deciding: "
+        f"{'; '.join(shown + ['recall (diagnostic)', 'coverage (diagnostic)'])}. Recall and coverage fall as far for blurred or noisy digits "
+        "as for a few prototypes in the known-answer ladder, so they measure quality as much as variety "
+        "(docs/instrument.md, Recall and coverage)."
+    )
 
 
 def _vs_real(value: float, ref: dict[str, float]) -> str:

@@ -193,8 +193,17 @@ def budget_of(row: pd.Series) -> Budget:
         dataset=_param(row, "params.dataset"),
         iterations=settings.get("iterations", NOT_RECORDED),
         replicas=_param(row, "params.replicas", "tags.replicas"),
-        eval_samples=_param(row, "params." + run_logging.metric_name(run_logging.EVAL, "n_samples"), "params.evaluate.n_samples"),
+        eval_samples=_stacked_samples(row, settings) if _param(row, "params.dataset") == "stacked-mnist" else
+        _param(row, "params." + run_logging.metric_name(run_logging.EVAL, "n_samples"), "params.evaluate.n_samples"),
     )
+
+
+def _stacked_samples(row: pd.Series, settings: dict[str, str]) -> str:
+    """Stacked MNIST's mode count runs on the preset's protocol count, else stacked_mnist.eval_samples."""
+    own = settings.get("stacked_eval_samples")
+    if own not in (None, "null", NOT_RECORDED):
+        return own
+    return _param(row, "params.stacked_mnist/eval_samples", "params.stacked_mnist.eval_samples")
 
 
 def _identity(row: pd.Series) -> str:
