@@ -72,24 +72,19 @@ class Generator(nn.Module):
         return self.net(z)
 
 
-class Discriminator(nn.Module):
-    def __init__(
-        self, width: int, conditional: bool = False, sigmoid_output: bool = True, channels: int = 1, pack: int = 1
-    ):
+class ConvDiscriminator(nn.Module):
+    """A conv family's D: `features` (packed image rows -> a flat vector of `feature_dim`), then one score.
+    The families differ only in their features (dcgan here, unrolled.py); the packing, the label and the
+    head are this one place."""
+
+    def __init__(self, features: nn.Sequential, feature_dim: int, conditional: bool, sigmoid_output: bool, pack: int):
         super().__init__()
         self.n_classes = N_CLASSES if conditional else 0
         self.pack = pack
-        self.features = nn.Sequential(
-            nn.Unflatten(1, (pack * channels, IMAGE_SIDE, IMAGE_SIDE)),
-            nn.Conv2d(pack * channels, width, kernel_size=4, stride=2, padding=1),  # 28 -> 14
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, kernel_size=4, stride=2, padding=1),  # 14 -> 7
-            nn.LeakyReLU(0.2),
-            nn.Flatten(),
-        )
+        self.features = features
         # The label joins the image features before the scoring layer (a conditional D needs it there at
         # the latest; earlier would mean 10 constant feature maps per image).
-        head: list[nn.Module] = [nn.Linear(2 * width * _QUARTER * _QUARTER + pack * self.n_classes, 1)]
+        head: list[nn.Module] = [nn.Linear(feature_dim + pack * self.n_classes, 1)]
         if sigmoid_output:
             head.append(nn.Sigmoid())
         self.head = nn.Sequential(*head)
@@ -101,3 +96,18 @@ class Discriminator(nn.Module):
         if self.n_classes:
             h = torch.cat([h, pack_rows(y_onehot, self.pack)], dim=1)
         return self.head(h).squeeze(1)
+
+
+class Discriminator(ConvDiscriminator):
+    def __init__(
+        self, width: int, conditional: bool = False, sigmoid_output: bool = True, channels: int = 1, pack: int = 1
+    ):
+        features = nn.Sequential(
+            nn.Unflatten(1, (pack * channels, IMAGE_SIDE, IMAGE_SIDE)),
+            nn.Conv2d(pack * channels, width, kernel_size=4, stride=2, padding=1),  # 28 -> 14
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, kernel_size=4, stride=2, padding=1),  # 14 -> 7
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        super().__init__(features, 2 * width * _QUARTER * _QUARTER, conditional, sigmoid_output, pack)

@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.gan.networks.dcgan import channels_last_, dcgan_init_
-from pipeline.gan.networks.packing import pack_rows
+from pipeline.gan.networks.dcgan import ConvDiscriminator, channels_last_, dcgan_init_
 from pipeline.gan.networks.shapes import IMAGE_SIDE, N_CLASSES
 
 _SEED_SIDE = 4  # G's first feature map, and D's last (28 -> 14 -> 7 -> 4)
@@ -74,29 +73,15 @@ class Generator(nn.Module):
         return self.net(z)
 
 
-class Discriminator(nn.Module):
+class Discriminator(ConvDiscriminator):
     def __init__(
         self, width: int, conditional: bool = False, sigmoid_output: bool = True, channels: int = 3, pack: int = 1
     ):
-        super().__init__()
-        self.n_classes = N_CLASSES if conditional else 0
-        self.pack = pack
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Unflatten(1, (pack * channels, IMAGE_SIDE, IMAGE_SIDE)),
             *_down(pack * channels, width),  # 28 -> 14
             *_down(width, 2 * width),  # 14 -> 7
             *_down(2 * width, 4 * width),  # 7 -> 4
             nn.Flatten(),
         )
-        head: list[nn.Module] = [nn.Linear(4 * width * _SEED_SIDE * _SEED_SIDE + pack * self.n_classes, 1)]
-        if sigmoid_output:
-            head.append(nn.Sigmoid())
-        self.head = nn.Sequential(*head)
-        dcgan_init_(self)
-        channels_last_(self)
-
-    def forward(self, x: torch.Tensor, y_onehot: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(pack_rows(x, self.pack))
-        if self.n_classes:
-            h = torch.cat([h, pack_rows(y_onehot, self.pack)], dim=1)
-        return self.head(h).squeeze(1)
+        super().__init__(features, 4 * width * _SEED_SIDE * _SEED_SIDE, conditional, sigmoid_output, pack)
