@@ -50,8 +50,7 @@ from pipeline.data.mnist import load_prepared  # noqa: E402
 from pipeline.gan import sampling  # noqa: E402
 from pipeline.gan import threads as gan_threads  # noqa: E402
 from pipeline.instrument import evaluator  # noqa: E402
-from pipeline.instrument.metrics import modes  # noqa: E402
-from pipeline.instrument.stacked import channel_digits  # noqa: E402
+from pipeline.instrument.stacked import quick_modes  # noqa: E402
 
 # (model, modes captured, KL, source): the published rows, as the papers print them (± standard error).
 _T3 = "PacGAN Table 3, 50 trials, 500,000 iterations"
@@ -74,9 +73,8 @@ TABLE2 = {"epochs": 50}  # Table 2's budget in epochs of the 128,000-image set
 
 
 def count_modes(classifier, generator, n: int, seed: int) -> dict[str, float]:
-    images = sampling.sample(generator, n, seed=seed)
-    counts = modes.mode_counts(channel_digits(classifier, images))
-    return {"modes_captured": modes.modes_captured(counts), "mode_kl": round(modes.mode_kl(counts), 4)}
+    found = quick_modes(classifier, sampling.sample(generator, n, seed=seed))  # the train stage's own count
+    return {"modes_captured": found["modes_captured"], "mode_kl": round(found["mode_kl"], 4)}
 
 
 def train_and_count(variant: VariantParams, rows, labels, seeds: list[int], iterations: int, count_every: int | None,
