@@ -9,8 +9,9 @@ from pipeline.common import atomic, cpu_threads, layout, mlflow_store, tables
 from pipeline.common.console import StageProgress, quiet_mlflow, run_main
 from pipeline.common.params import load_params
 from pipeline.gan.generator_file import load_generators
-from pipeline.instrument import evaluator, reference, replica_evaluation, replica_tracking, stacked
+from pipeline.instrument import evaluator, reference, stacked
 from pipeline.instrument.replica_summary import replica_rows
+from pipeline.runs import replica_evaluation, replica_tracking
 from pipeline.reports.figures import save_png
 
 

@@ -8,7 +8,7 @@ from pipeline.common.params import load_params
 from pipeline.data import stacked_mnist, training_set
 from pipeline.data.mnist import load_prepared
 from pipeline.gan.generator_file import save_generators
-from pipeline.gan.training_run import checkpoint_path, finish_run, train_tracked
+from pipeline.runs.training_run import checkpoint_path, finish_run, train_tracked
 from pipeline.gan.training_summary import train_metrics
 from pipeline.instrument import evaluator, reference
 

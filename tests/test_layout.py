@@ -1,5 +1,6 @@
-"""The code's layout rules, checked on the source itself: the shared plumbing (pipeline/common) never imports
-the packages built on it, and no function in the library or the stages outgrows one screen."""
+"""The code's layout rules, checked on the source itself: every package imports only the packages below it
+(the DAG's order, plumbing at the bottom, the CLI on top), and no function in the library or the stages
+outgrows one screen."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The packages above pipeline/common in the DAG (data -> gan -> instrument -> reports) and the CLI on top.
-HIGHER = ("pipeline.data", "pipeline.gan", "pipeline.instrument", "pipeline.reports", "pipeline.cli")
+# The packages from the bottom up: the shared plumbing, then the DAG (data -> gan -> instrument), the tracked
+# runs that train generators and judge them with the instrument, the reports on those runs, the grid that
+# runs many of them, and the CLI on top. A package may import those before it, never those after it.
+ORDER = ("pipeline.common", "pipeline.data", "pipeline.gan", "pipeline.instrument", "pipeline.runs",
+         "pipeline.reports", "pipeline.grid", "pipeline.cli")
 MAX_FUNCTION_LINES = 80  # COMMON's standard: no library or stage function over ~80 lines
 
 
@@ -24,11 +28,11 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
-def upward_imports(folder: Path, root: Path = REPO) -> list[str]:
+def upward_imports(folder: Path, higher: tuple[str, ...], root: Path = REPO) -> list[str]:
     offences = []
     for path in sorted(folder.rglob("*.py")):
         for line, module in imported_modules(ast.parse(path.read_text(), filename=str(path))):
-            if any(module == higher or module.startswith(higher + ".") for higher in HIGHER):
+            if any(module == above or module.startswith(above + ".") for above in higher):
                 offences.append(f"{path.relative_to(root)}:{line} imports {module}")
     return offences
 
@@ -45,8 +49,16 @@ def long_functions(folders: list[Path], limit: int, root: Path = REPO) -> list[s
     return offences
 
 
-def test_common_imports_no_higher_package():
-    assert upward_imports(REPO / "pipeline" / "common") == []
+def test_every_package_imports_only_the_packages_below_it():
+    offences = []
+    for i, package in enumerate(ORDER[:-1]):
+        offences += upward_imports(REPO / package.replace(".", "/"), ORDER[i + 1:])
+    assert offences == []
+
+
+def test_every_library_package_has_its_place_in_the_order():
+    packages = {f"pipeline.{p.name}" for p in (REPO / "pipeline").iterdir() if (p / "__init__.py").is_file()}
+    assert packages <= set(ORDER), f"place {sorted(packages - set(ORDER))} in ORDER"
 
 
 def test_no_function_in_pipeline_or_stages_is_longer_than_a_screen():
@@ -59,7 +71,7 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
         "from pipeline.instrument.evaluation import SCALARS\nfrom pipeline import gan\n\n"
         "def long():\n" + "    x = 1\n" * 80
     )
-    assert upward_imports(tmp_path, root=tmp_path) == [
+    assert upward_imports(tmp_path, ORDER[2:], root=tmp_path) == [  # as if the file were in pipeline/data
         "bad.py:1 imports pipeline.instrument.evaluation",
         "bad.py:1 imports pipeline.instrument.evaluation.SCALARS",
         "bad.py:2 imports pipeline.gan",

@@ -190,7 +190,7 @@ def test_tracked_training_resumes_into_its_runs_and_fails_only_the_diverged_repl
     import mlflow
 
     from pipeline.common.params import parse_params
-    from pipeline.gan.training_run import finish_run, train_tracked
+    from pipeline.runs.training_run import finish_run, train_tracked
     from tests.conftest import tiny_params
 
     for var in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):

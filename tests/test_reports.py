@@ -579,7 +579,7 @@ def _log_training(root: Path, model: str, seed: int, kinds: list[str | None], da
 
     from pipeline.common import mlflow_store, run_identity, run_logging
     from pipeline.common.params import parse_params
-    from pipeline.instrument import replica_tracking
+    from pipeline.runs import replica_tracking
     from pipeline.gan import sampling
     from pipeline.instrument.replica_summary import ReplicaOutcome, evaluation_document
 

@@ -64,7 +64,7 @@ def test_ctrl_c_sigterm_and_errors_end_the_run_killed_or_failed_and_compare_skip
 
     # `ganpipe compare` takes the latest FINISHED run of each model and seed: the complete one, not
     # the later interrupted or failed ones.
-    uri = store.open_store(repo_root)
+    uri = mlflow_store.open_store(repo_root)
     frame = store.select_runs(uri, mlflow_store.EXPERIMENT, [], [])
     assert list(frame["run_id"]) == [finished]
 
@@ -115,7 +115,7 @@ def test_compare_on_an_unrelated_sqlite_file_refuses_and_adds_no_tables(tmp_path
     con.close()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     with pytest.raises(GanpipeError, match="not an MLflow store.*parts"):
-        store.open_store(tmp_path)
+        mlflow_store.open_store(tmp_path)
     assert tables(db) == {"parts"}
 
 
@@ -146,7 +146,7 @@ def test_a_dcgan_generator_logs_to_mlflow_without_warnings_and_loads_back_exact(
     import torch
 
     from pipeline.gan.networks import dcgan
-    from pipeline.gan.training_run import _log_generator_model
+    from pipeline.runs.training_run import _log_generator_model
 
     torch.manual_seed(0)
     generator = dcgan.Generator(z_dim=100, width=8)

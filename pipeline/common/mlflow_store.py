@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
@@ -236,3 +237,57 @@ def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0
     """The run's page in the MLflow UI: on the tracking server itself, else on a local `mlflow ui`."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+
+
+# Reading runs back (ganpipe compare, sample --run-id, grid results): open an existing store, never create one.
+FIX_NO_RUNS = (
+    "Run the pipeline first (`dvc repro`, then e.g. `dvc exp run -S model=wgan` for another variant) from the "
+    "repository root, or point MLFLOW_TRACKING_URI at the store that holds your runs."
+)
+
+
+def open_store(root: Path) -> str:
+    """Point MLflow at the pipeline's store (same rules as training) without creating one; return its URI."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme == "sqlite":
+        db = Path(parsed.path)
+        # Read-only: opening a database through MLflow would create MLflow's tables in it, so anything
+        # but an existing MLflow database is refused before MLflow sees it.
+        kind = sqlite_kind(db)
+        if kind in ("missing", "empty"):
+            raise GanpipeError(
+                f"there is no MLflow store at {db} (tracking URI {uri}): no run has been logged there. {FIX_NO_RUNS}"
+            )
+        if kind != "mlflow":
+            what = "an SQLite database" if kind.startswith("not sqlite") else "an MLflow store"
+            raise GanpipeError(
+                f"{db} (tracking URI {uri}) is not {what} ({kind.split(': ', 1)[1]}); ganpipe only "
+                f"reads a store, so it leaves the file as it is. {FIX_NO_RUNS}"
+            )
+    elif scheme in ("file", ""):
+        folder = Path(parsed.path if scheme == "file" else uri)
+        if not folder.is_dir():
+            raise GanpipeError(f"there is no MLflow store at {folder} (tracking URI {uri}). {FIX_NO_RUNS}")
+    else:
+        check_store(uri)  # a server: fail fast when it is unreachable
+    use(uri)
+    return uri
+
+
+@contextmanager
+def no_download_bars():
+    """MLflow draws a progress bar per downloaded artifact; two per run would bury the command's output."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old

@@ -8,6 +8,7 @@ import torch
 from pipeline.gan.networks import N_CLASSES, Generator
 
 GRID_ROWS = GRID_COLS = 10
+GRID_SEED_OFFSET = 1_000_003  # the fixed-noise grid uses its own stream, apart from training draws
 
 
 @torch.inference_mode()

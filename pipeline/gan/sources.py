@@ -44,7 +44,7 @@ def from_mlflow_run(root: Path, run_id: str, replica: int = 0):
     import mlflow
 
     from pipeline.gan.variants import build_generator
-    from pipeline.reports.store import no_download_bars, open_store
+    from pipeline.common.mlflow_store import no_download_bars, open_store
 
     uri = open_store(root)
     try:

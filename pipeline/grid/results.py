@@ -13,7 +13,7 @@ def grid_runs(root: Path, experiment: str, grid: str) -> list[str]:
     was somehow logged twice (a retried attempt that finished training before its node was lost)."""
     import mlflow
 
-    from pipeline.reports.store import open_store
+    from pipeline.common.mlflow_store import open_store
 
     uri = open_store(root)
     found = mlflow.search_runs(

@@ -18,16 +18,14 @@ budget, and only trainings of one dataset and budget (a `Budget`) are ranked aga
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 
 from pipeline.common import mlflow_store, run_logging
+from pipeline.common.mlflow_store import FIX_NO_RUNS, no_download_bars, open_store
 from pipeline.common.errors import GanpipeError
 
 # MLflow metric name -> the history column the comparison reads (the in-training checks keep a train_ prefix
@@ -40,10 +38,6 @@ HISTORY_KEYS = {
 }
 EVAL_PREFIX = "metrics." + run_logging.metric_name(run_logging.EVAL, "")
 LEGACY_EVAL_PREFIX = "metrics.eval_"  # runs logged before the grouped names
-_FIX = (
-    "Run the pipeline first (`dvc repro`, then e.g. `dvc exp run -S model=wgan` for another variant) from the "
-    "repository root, or point MLFLOW_TRACKING_URI at the store that holds your runs."
-)
 
 
 NOT_RECORDED = "not recorded"  # a run logged before its dataset or budget was recorded as params
@@ -119,38 +113,6 @@ class RunData:
             return self.children
         return [ReplicaData(0, self.run_id, self.seed, self.metrics, self.collapse, self.evidence, self.grid_png,
                             self.history)]
-
-
-def open_store(root: Path) -> str:
-    """Point MLflow at the pipeline's store (same rules as training) without creating one; return its URI."""
-    import mlflow
-
-    uri = mlflow_store.tracking_uri(root)
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.split("+")[0]
-    if scheme == "sqlite":
-        db = Path(parsed.path)
-        # Read-only: opening a database through MLflow would create MLflow's tables in it, so anything
-        # but an existing MLflow database is refused before MLflow sees it.
-        kind = mlflow_store.sqlite_kind(db)
-        if kind in ("missing", "empty"):
-            raise GanpipeError(
-                f"there is no MLflow store at {db} (tracking URI {uri}): no run has been logged there. {_FIX}"
-            )
-        if kind != "mlflow":
-            what = "an SQLite database" if kind.startswith("not sqlite") else "an MLflow store"
-            raise GanpipeError(
-                f"{db} (tracking URI {uri}) is not {what} ({kind.split(': ', 1)[1]}); `ganpipe compare` only "
-                f"reads, so it leaves the file as it is. {_FIX}"
-            )
-    elif scheme in ("file", ""):
-        folder = Path(parsed.path if scheme == "file" else uri)
-        if not folder.is_dir():
-            raise GanpipeError(f"there is no MLflow store at {folder} (tracking URI {uri}). {_FIX}")
-    else:
-        mlflow_store.check_store(uri)  # a server: fail fast when it is unreachable
-    mlflow_store.use(uri)
-    return uri
 
 
 def _search(experiment_ids: list[str]) -> pd.DataFrame:
@@ -236,7 +198,7 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
             names = sorted(e.name for e in client.search_experiments())
             have = f"it holds only {', '.join(names)}" if names else "it holds no experiments"
             raise GanpipeError(
-                f'the MLflow store {uri} has no experiment named "{experiment}" ({have}). {_FIX} '
+                f'the MLflow store {uri} has no experiment named "{experiment}" ({have}). {FIX_NO_RUNS} '
                 "Or pass --experiment with one of the names it holds."
             )
         frame = _search([exp.experiment_id])
@@ -250,7 +212,7 @@ def select_runs(uri: str, experiment: str, run_ids: list[str], models: list[str]
         known = f" It has finished runs of: {', '.join(available)}." if available else ""
         raise GanpipeError(
             f'the experiment "{experiment}" in the MLflow store {uri} has no finished pipeline run{wanted}.{known} '
-            f"{_FIX}" + (" Or choose other --models." if models else "")
+            f"{FIX_NO_RUNS}" + (" Or choose other --models." if models else "")
         )
     if not run_ids:
         # search_runs sorted newest first, so "first" is the latest run of each training identity.
@@ -355,21 +317,6 @@ def fetch(row: pd.Series) -> RunData:
         budget=budget_of(row),
         settings=preset_settings(row),
     )
-
-
-@contextmanager
-def no_download_bars():
-    """MLflow draws a progress bar per downloaded artifact; two per run would bury the command's output."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
 
 
 def load_runs(root: Path, experiment: str, run_ids: list[str], models: list[str]) -> tuple[str, list[RunData]]:

@@ -18,7 +18,6 @@ from pipeline.common.params import Params
 from pipeline.gan import sampling
 from pipeline.gan.generator_file import ReplicaGenerator
 from pipeline.gan.replicas import replica_seed
-from pipeline.gan.training_run import GRID_SEED_OFFSET
 from pipeline.instrument import stacked
 from pipeline.instrument.evaluation import (
     evaluate_images, first_collapse_step, first_full_coverage_step, requested_labels,
@@ -84,7 +83,7 @@ def evaluate_replicas(
         result["first_full_coverage_iteration"] = first_full_coverage_step(own_curve)
         result["first_collapse_iteration"] = first_collapse_step(own_curve)
         # Every replica's grid uses the same fixed noise, so grids differ only by what the replicas learnt.
-        evaluation.grids[rep.index] = sampling.sample_grid(rep.generator, params.seed + GRID_SEED_OFFSET)
+        evaluation.grids[rep.index] = sampling.sample_grid(rep.generator, params.seed + sampling.GRID_SEED_OFFSET)
         if evaluation.first_samples is None:
             evaluation.first_samples = (images, labels)
         evaluation.outcomes.append(ReplicaOutcome(rep.index, rep.seed, sample_seed, result))

@@ -30,8 +30,6 @@ from pipeline.instrument.evaluator import MnistCNN
 from pipeline.instrument.stacked import quick_modes
 from pipeline.instrument.reference import Reference
 
-GRID_SEED_OFFSET = 1_000_003  # the fixed-noise grid uses its own stream, apart from training draws
-
 
 @dataclass
 class RunResult:
@@ -163,7 +161,7 @@ class _TrainingHooks:
         self.buffers = {r: run_logging.MetricBuffer(run_id) for r, run_id in enumerate(result.replica_run_ids)}
         self.eval_n = params.train.eval_samples
         self.eval_labels = _quick_eval_labels(self.eval_n, params.seed, ref) if params.variant.conditional else None
-        self.grid_seed = params.seed + GRID_SEED_OFFSET
+        self.grid_seed = params.seed + sampling.GRID_SEED_OFFSET
 
     def hooks(self) -> Hooks:
         return Hooks(self.on_log, self.on_eval, self.on_sample, self.on_checkpoint)
