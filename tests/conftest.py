@@ -1,12 +1,14 @@
 """Shared fixtures: real MNIST from the mirror, tiny params, a small trained evaluator, a DVC repo.
 
-Everything is real (MNIST from MNIST_MIRROR, a real DVC repository, a real sqlite MLflow store); only
-the budgets are tiny so the suite runs on a 2-core CPU in minutes.
+Everything is real (MNIST from MNIST_MIRROR or, without it, downloaded once and verified into a cache
+outside the repository; a real DVC repository, a real sqlite MLflow store); only the budgets are tiny so
+the suite runs on a 2-core CPU in minutes.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shutil
 import subprocess
@@ -26,14 +28,46 @@ import yaml  # noqa: E402
 
 
 def mirror_path() -> Path:
-    mirror = os.environ.get("MNIST_MIRROR") or str(REPO.parent / "shared" / "mnist")
-    path = Path(mirror.removeprefix("file://"))
-    if not (path / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(
-            f"MNIST mirror {path} does not hold the MNIST files; set MNIST_MIRROR to a directory with the "
-            "four *-idx?-ubyte.gz files (e.g. export MNIST_MIRROR=$(realpath ../shared/mnist))."
-        )
-    return path
+    """A local folder holding the four verified MNIST files: MNIST_MIRROR's when it names such a folder (CI,
+    offline machines), else a per-user cache outside the repository that ganpipe's own verified downloader
+    fills once from the public mirrors (a fresh clone on a machine with internet)."""
+    return _mnist_folder()
+
+
+def mnist_cache() -> Path:
+    """Where the tests keep MNIST when MNIST_MIRROR names no local copy: GANPIPE_TEST_DATA, else
+    $XDG_CACHE_HOME/ganpipe/mnist (~/.cache/ganpipe/mnist)."""
+    if os.environ.get("GANPIPE_TEST_DATA"):
+        return Path(os.environ["GANPIPE_TEST_DATA"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganpipe" / "mnist"
+
+
+def holds_verified_mnist(folder: Path) -> bool:
+    from pipeline.data.mnist import FILES, payload_md5
+
+    try:
+        return all(payload_md5((folder / name).read_bytes()) == md5 for name, md5 in FILES.items())
+    except (OSError, ValueError):
+        return False
+
+
+@functools.cache
+def _mnist_folder() -> Path:
+    from pipeline.common.errors import GanpipeError
+    from pipeline.data.download import download_all, mirrors_from_env
+
+    mirror = os.environ.get("MNIST_MIRROR", "").strip()
+    if mirror and ("://" not in mirror or mirror.startswith("file://")):
+        local = Path(mirror.removeprefix("file://"))
+        if holds_verified_mnist(local):
+            return local
+    cache = mnist_cache()
+    if not holds_verified_mnist(cache):
+        try:  # MNIST_MIRROR first (a URL, or a folder that turned out incomplete), then the public mirrors
+            download_all(cache, mirrors_from_env(), timeout=30, retries=3, backoff=1.0)
+        except GanpipeError as exc:
+            pytest.fail(f"the tests need MNIST and could not get it: {exc}", pytrace=False)
+    return cache
 
 
 def repo_params() -> dict:

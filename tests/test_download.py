@@ -368,3 +368,24 @@ def test_the_download_stage_fails_in_one_paragraph_and_leaves_data_raw_empty(mir
         assert public in message
     assert f'MNIST_MIRROR is set to "{mirror.url("e500")}"' in message
     assert files_in(tmp_path / "data" / "raw") == []
+
+
+def test_without_mnist_mirror_the_tests_download_mnist_once_into_a_cache_outside_the_repository(mirror, tmp_path, monkeypatch):
+    """`make test` in a fresh clone on a machine with internet and no MNIST_MIRROR: the tests fetch MNIST with
+    ganpipe's own verified downloader into a per-user cache, once. The loopback mirror stands in for the
+    public mirrors (this machine has no internet)."""
+    from tests.conftest import _mnist_folder, mnist_cache
+
+    cache = tmp_path / "cache" / "ganpipe" / "mnist"
+    monkeypatch.delenv("MNIST_MIRROR", raising=False)
+    monkeypatch.delenv("GANPIPE_TEST_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("pipeline.data.download.PUBLIC_MIRRORS", (mirror.url("good"),))
+    assert mnist_cache() == cache
+    assert _mnist_folder.__wrapped__() == cache
+    assert files_in(cache) == sorted(FILES) and not cache.is_relative_to(REPO)
+    downloads = sum(n for path, n in mirror.requests.items() if path.startswith("/good/"))
+    assert _mnist_folder.__wrapped__() == cache  # the verified copy is reused
+    assert sum(n for path, n in mirror.requests.items() if path.startswith("/good/")) == downloads
+    (cache / SMALL).write_bytes(b"damaged")  # a damaged cache is fetched again, not trusted
+    assert _mnist_folder.__wrapped__() == cache and payload_md5((cache / SMALL).read_bytes()) == FILES[SMALL]
