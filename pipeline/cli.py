@@ -281,6 +281,39 @@ def compare(
     typer.echo(f"wrote {written[0]} and {written[1]}")
 
 
+@app.command(epilog="""**Examples**
+
+`ganpipe fingerprint` (this machine against every committed CPU's fingerprint in fingerprints/)
+
+`ganpipe fingerprint --out fingerprints/my-cpu.json` (record it, e.g. to commit a CPU it was verified on)""")
+def fingerprint(
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write this machine's fingerprint (JSON) here."),
+) -> None:
+    """Check this machine's portable kernels against the CPUs they were verified on (about a minute): a
+    difference means results computed here would not match theirs byte for byte. Exit status 1 on one."""
+    from pipeline.common import atomic
+    from pipeline.common import fingerprint as fp
+
+    with stderr.status("computing the portable kernels' fingerprint (1 and 2 threads)"):
+        mine = fp.take()
+    if out:
+        atomic.write_json(out, mine)
+    cpu = mine["cpu"]
+    typer.echo(f"this machine: {cpu.get('model name', '?')} (vendor {cpu.get('vendor_id', '?')}, family "
+               f"{cpu.get('cpu family', '?')}, model {cpu.get('model', '?')}; {cpu.get('flags', '')})")
+    status = 0
+    for name, theirs in fp.committed().items():
+        if theirs["versions"] != mine["versions"]:
+            typer.echo(f"{name}: not comparable (made with {theirs['versions']}, this machine has {mine['versions']})")
+            continue
+        differ = fp.differences(mine, theirs)
+        total = sum(len(ops) for ops in mine["results"].values())
+        typer.echo(f"{name}: {total - len(differ)} of {total} operations give the same bytes"
+                   + (f"; differ: {', '.join(differ)}" if differ else ""))
+        status = status or int(bool(differ))
+    raise typer.Exit(status)
+
+
 @app.command(
     "exp-show",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -201,3 +202,102 @@ def test_training_and_evaluation_give_the_same_bytes_under_every_forced_dispatch
     if len(generators) == 1:
         pytest.skip("this machine cannot show a difference: every forced dispatch trained the same generator natively")
     assert len(generators) >= 2
+
+
+# --- the portable route: matrix products in OpenBLAS, convolutions unfolded around them ------------------
+
+REFERENCE_SCRIPT = r"""
+import sys
+from pipeline.common import cpu_kernels
+cpu_kernels.pin(mode=sys.argv[2], threads=int(sys.argv[3]))
+import numpy as np, torch
+from tests.route_cases import cases
+np.savez(sys.argv[1], **{name: t.detach().numpy() for name, t in cases(torch).items()})
+"""
+
+
+def route_outputs(tmp_path: Path, mode: str, threads: int) -> dict:
+    out = tmp_path / f"{mode}-{threads}.npz"
+    done = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, str(out), mode, str(threads)], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(out))
+
+
+def test_portable_products_and_convolutions_compute_what_torch_computes_whatever_the_thread_count(tmp_path):
+    """The routed kernels (pipeline/common/portable_products.py, portable_convolutions.py) against torch's own
+    (native mode, in another process) on every form the pipeline uses: within float32 rounding, and the same
+    bytes at 1 and 2 threads."""
+    native = route_outputs(tmp_path, "native", 2)
+    one, two = route_outputs(tmp_path, "portable", 1), route_outputs(tmp_path, "portable", 2)
+    assert set(native) == set(one) and len(native) > 20
+    for name, reference in native.items():
+        scale = max(float(np.abs(reference).max()), 1e-6)
+        assert np.abs(one[name] - reference).max() <= 2e-5 * scale, name
+        assert np.array_equal(one[name], two[name]), f"{name} depends on the thread count"
+
+
+def test_every_product_and_convolution_the_pipeline_dispatches_takes_the_portable_route(instrument, small_mnist):
+    """A census of the aten ops that training (every network family, replicas batched or not), the evaluator's
+    training and an evaluation dispatch: each BLAS-backed one has a portable kernel, nothing reaches MKL's
+    LAPACK, and convolutions never reach oneDNN or torch's MKL im2col path."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pipeline.common import portable_products
+    from pipeline.common.params import load_params
+    from pipeline.gan.replicas import replica_seeds
+    from pipeline.gan.trainer import Trainer
+    from pipeline.instrument.calibration import calibrate
+    from pipeline.instrument.evaluation import evaluate_images
+    from pipeline.instrument.evaluator import train_classifier
+
+    if cpu_kernels.in_force().get("mode") != "portable":
+        pytest.skip("params.yaml computes natively: there is no portable route to check")
+    seen: set[str] = set()
+
+    class Census(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func._schema.name.removeprefix("aten::") + ("" if func._overloadname == "default" else f".{func._overloadname}"))
+            return func(*args, **(kwargs or {}))
+
+    params = load_params(REPO / "params.yaml")
+    x = torch.from_numpy(small_mnist.x_train[:512].reshape(512, -1)).float() / 255
+    y = torch.from_numpy(small_mnist.y_train[:512].astype(np.int64))
+    with profile(activities=[ProfilerActivity.CPU]) as prof, Census():
+        for name in ("vanilla", "wgan", "wgan-gp", "cgan", "dcgan", "sngan", "pacdcgan2", "dcgan-quarter-d"):
+            for replicas in (1, 2):
+                Trainer(params.variants[name], x, y, replica_seeds(0, replicas), batched=replicas > 1).advance(2)
+        train_classifier(small_mnist.x_train[:256], small_mnist.y_train[:256], epochs=1, batch_size=128, lr=1e-3, seed=0)
+        model, ref = instrument
+        settings = params.evaluate.model_copy(update={"n_samples": 500, "kid_subsets": 4, "kid_subset_size": 200,
+                                                      "calibration_subsets": 3, "bootstrap_draws": 50})
+        evaluate_images(small_mnist.x_test[:500], None, model, ref, calibrate(ref, settings, seed=0), settings, seed=0)
+    blas = {op for op in seen if op.split(".")[0] in ("mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "dot", "vdot",
+                                                          "addr", "addbmm", "_addmm_activation")}
+    assert blas and blas <= set(portable_products.kernels()), sorted(blas - set(portable_products.kernels()))
+    lapack = {op for op in seen if op.startswith(("linalg_", "_linalg", "cholesky", "svd", "_fft"))}
+    assert not lapack - {"linalg_vector_norm"}, sorted(lapack)  # a norm is an ATen reduction, not LAPACK
+    assert "convolution" in seen and "convolution_backward" in seen
+    events = {e.key for e in prof.key_averages()}
+    assert not events & {"aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d",
+                         "aten::_nnpack_spatial_convolution"}, sorted(events)
+
+
+def test_this_machine_computes_the_committed_fingerprints():
+    """`ganpipe fingerprint` on this machine against every CPU the portable kernels were verified on
+    (fingerprints/): a difference means results made here would not match that CPU's byte for byte."""
+    from pipeline.common import fingerprint
+
+    pinned = {line.split("==")[0].lower(): line.split("==")[1].strip()
+              for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line}
+    installed = fingerprint.versions()
+    if any(pinned.get(name) and not installed[name].startswith(pinned[name]) for name in installed):
+        pytest.skip(f"the installed {installed} differ from constraints.txt, for which the fingerprints were made")
+    files = fingerprint.committed()
+    assert files, "no committed fingerprint in fingerprints/"
+    mine = fingerprint.take()
+    for name, theirs in files.items():
+        if theirs["versions"] == installed:
+            assert fingerprint.differences(mine, theirs) == [], f"{name} ({theirs['cpu']}) differs from this machine"

@@ -1,29 +1,34 @@
-"""Which CPU kernels compute: one fixed choice on every x86-64 machine (`portable`), or the fastest each
-machine has (`native`). params.yaml's `compute.cpu_kernels` picks; every entry point calls `pin()` first.
+"""Which CPU kernels compute: one fixed choice on every x86-64 machine with AVX2 (`portable`), or the fastest
+each machine has (`native`). params.yaml's `compute.cpu_kernels` picks; every entry point calls `pin()` first.
 
 Why this exists: torch, MKL, oneDNN and OpenBLAS each pick their kernels at run time from what the
 processor offers (AVX2, AVX-512, AMX; Intel or AMD; its cache sizes). Different kernels add up the same
 numbers in a different order, a GAN's training amplifies the last bit into a different model, and so the
 same params gave different bytes, verdicts and committed metrics on an AMD EPYC than on the Intel Xeon
-that made the baseline. `portable` chooses, for each library, a code path every x86-64 CPU with AVX2 runs
-the same way:
+that made a baseline. `portable` routes every computation that decides the bytes through code whose path
+is fixed by an instruction set we choose, never by the processor's make, model or caches:
 
-- ATen (torch's own kernels): capability AVX2, whatever the CPU has beyond it.
-- MKL (torch's matrix products): its reproducibility mode on the COMPATIBLE branch. Intel documents that
-  on non-Intel CPUs only the AUTO and COMPATIBLE branches are honoured (an AVX2 request falls back to
-  AUTO there), and AUTO still dispatches by processor; COMPATIBLE is the one that holds on AMD too.
-- oneDNN (torch's convolutions): not used. Capping its ISA is not enough, because it also sizes its
-  blocking from the cache sizes it reads off the CPU; with it off, torch convolves through im2col and
-  MKL's products above. The cap is set anyway for anything else that reaches oneDNN.
-- OpenBLAS (numpy's and scipy's linear algebra): the Haswell (AVX2) kernels, which AMD Zen also picks.
-- numpy's own loops (exp, log, power): its AVX2 builds, not its AVX-512 ones, which round differently.
-- Thread pools that sum in parallel (MKL, OpenMP, OpenBLAS, scikit-learn's k-means): a fixed count,
-  `evaluator.threads`; torch's own count is set per stage from the thread params.
+- Matrix products (every Linear layer, its backward pass, distances, kernels): numpy's OpenBLAS at its
+  Haswell kernels, whose blocking is a constant of that core type, on one thread
+  (pipeline/common/portable_products.py). Not MKL: its path follows the processor, and even its COMPATIBLE
+  reproducibility branch gave the Xeon and the EPYC different evaluators (docs/reproducibility.md).
+- Convolutions: ATen's image-to-column unfolding around the same OpenBLAS products
+  (pipeline/common/portable_convolutions.py). Not oneDNN: it blocks the sums of its brgemm and gemm-based
+  convolutions (the DCGAN family's strided, channels-last ones) by the cache sizes it reads off the CPU.
+- ATen (torch's own elementwise ops, reductions, optimisers): capability AVX2, whatever the CPU has beyond.
+- numpy's own loops (exp, log, power) at its AVX2 builds, not its AVX-512 ones, which round differently;
+  scipy and scikit-learn's linear algebra through the same OpenBLAS.
+- Thread pools that sum in parallel: a fixed count, `evaluator.threads` for the process and torch's own
+  count set per stage from the thread params; OpenBLAS on one thread.
+- MKL's COMPATIBLE branch stays pinned for anything that still reaches MKL (nothing the pipeline runs does:
+  tests/test_cpu_kernels.py takes the census).
 
 The libraries read these settings once, when they load or first dispatch, so `pin()` must run before
 anything imports torch or numpy; it refuses to run after (that would be a silent no-op). Where the
-settings cannot make results portable, `pin()` says so: a CPU that is not x86-64 (no MKL; other kernels)
+settings cannot make results portable, `pin()` says so: a CPU that is not x86-64 (other kernels altogether)
 computes as `native` with a warning, and an x86-64 CPU without AVX2 is refused in `portable` mode.
+`ganpipe fingerprint` hashes the operations this mode relies on, to check a new machine against the
+committed fingerprints (fingerprints/).
 """
 
 from __future__ import annotations
@@ -44,11 +49,11 @@ DEFAULT_THREADS = 2  # evaluator.threads' committed value, for a process run out
 
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
-    "MKL_CBWR": "COMPATIBLE",
-    "MKL_DYNAMIC": "FALSE",  # MKL's reproducibility conditions: no thread count changed at run time
+    "MKL_CBWR": "COMPATIBLE",  # a safety net: no product the pipeline runs reaches MKL in portable mode
+    "MKL_DYNAMIC": "FALSE",  # no thread count changed at run time
     "OMP_DYNAMIC": "FALSE",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "OPENBLAS_CORETYPE": "Haswell",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # a safety net: oneDNN is switched off in portable mode
+    "OPENBLAS_CORETYPE": "Haswell",  # products and convolutions (portable_*.py), numpy, scipy, scikit-learn
     # numpy's own loops (exp, log, power, ...): its AVX-512 builds round differently from its AVX2 ones.
     # The names of numpy 2.x's dispatch targets above AVX2 (X86_V3), and of 1.x's; unknown names are ignored.
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL",
@@ -111,17 +116,20 @@ def check_portable(machine: str, flags: set[str] | None) -> str | None:
 
 
 def portable_env(threads: int) -> dict[str, str]:
-    return {**PORTABLE_ENV, **{name: str(threads) for name in THREAD_ENV}}
+    """The pins, with torch's and MKL's pools at `threads` and OpenBLAS on one thread: its products then
+    never depend on a thread count (pipeline/common/portable_products.py)."""
+    return {**PORTABLE_ENV, **{name: str(threads) for name in THREAD_ENV}, "OPENBLAS_NUM_THREADS": "1"}
 
 
-def pin(params_file: Path | str = "params.yaml", mode: str | None = None) -> dict[str, Any]:
-    """Set the process's kernel choice from `params_file` (or `mode`); call before importing torch or numpy.
-    Returns what is in force, which `in_force()` also gives later. A second call returns the first's choice."""
+def pin(params_file: Path | str = "params.yaml", mode: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Set the process's kernel choice from `params_file` (or `mode`, and its pools' thread count from
+    `threads`); call before importing torch or numpy. Returns what is in force, which `in_force()` also
+    gives later. A second call returns the first's choice."""
     global _in_force
     if _in_force is not None:  # the first pin of a process wins: a benchmark or test may choose before the CLI
         return _in_force
-    file_mode, threads = settings_from_params(Path(params_file))
-    mode = mode or file_mode
+    file_mode, file_threads = settings_from_params(Path(params_file))
+    mode, threads = mode or file_mode, threads or file_threads
     if mode not in MODES:
         raise GanpipeError(
             f"compute.cpu_kernels is {mode!r}, which is not a kernel choice: use portable (the same bytes on every "
@@ -165,13 +173,17 @@ def pin_or_exit(params_file: Path | str = "params.yaml", mode: str | None = None
 
 
 def _configure_torch(mode: str) -> str:
-    """Load torch with the environment set, switch off the backends portable mode avoids, and return the
-    capability ATen dispatches at."""
+    """Load torch with the environment set, route portable mode's products and convolutions (see the module
+    docstring), and return the capability ATen dispatches at."""
     import torch  # after the environment is set: torch reads it as it loads
 
     if mode == "portable":
-        torch.backends.mkldnn.enabled = False  # convolutions via im2col and MKL (see the module docstring)
-        torch.backends.nnpack.set_flags(False)  # NNPACK picks its kernels by CPU too
+        from pipeline.common import portable_convolutions, portable_products
+
+        torch.backends.mkldnn.enabled = False  # oneDNN sizes its convolutions' sums by the CPU's caches
+        torch.backends.nnpack.set_flags(False)  # NNPACK picks its kernels by CPU
+        portable_products.install()
+        portable_convolutions.install()
     return torch.backends.cpu.get_cpu_capability()
 
 
