@@ -259,6 +259,12 @@ def compare(
         None, "--out-dir", help="Where comparison.html/.md go (default: reports/ at the repository root)."
     ),
     grid_id: Optional[str] = typer.Option(None, "--grid", help="Exactly the finished runs of this `ganpipe grid` (its id, e.g. grid-1a2b3c4)."),
+    record: Optional[Path] = typer.Option(
+        None, "--record", help="Also write these runs as a recorded study (results/NAME.json) that `ganpipe tables` renders into the docs."
+    ),
+    title: str = typer.Option("", "--title", help="With --record: the study's title."),
+    command: str = typer.Option("", "--command", help="With --record: the command that made the runs, to reproduce them."),
+    machine: str = typer.Option("", "--machine", help="With --record: where the runs were made (default: this machine's CPU and core count)."),
 ) -> None:
     """Compare runs from the MLflow store: metrics table, sample grids, training curves, verdicts."""
     from pipeline.common import layout
@@ -275,10 +281,55 @@ def compare(
 
             runs = [*(runs or []), *grid_runs(root, experiment, grid_id)]
         with stderr.status("reading runs from the MLflow store"):
-            written = write_comparison(root, out, experiment, _split(runs), _split(models), across_budgets)
+            record_as = None
+            if record:
+                if not (title and command):
+                    raise GanpipeError("--record writes a study that names its conditions: give --title (what it "
+                                       "measures) and --command (the command that made the runs) with it.")
+                record_as = {"file": record, "title": title, "command": command, "machine": machine or _this_machine()}
+            written = write_comparison(root, out, experiment, _split(runs), _split(models), across_budgets, record_as)
     except GanpipeError as exc:
         _fail(exc)
     typer.echo(f"wrote {written[0]} and {written[1]}")
+
+
+def _this_machine() -> str:
+    import os
+
+    from pipeline.common.fingerprint import cpu_description
+
+    return f"{cpu_description().get('model name', 'unknown CPU')}, {os.cpu_count()} cores"
+
+
+@app.command(epilog="""**Examples**
+
+`ganpipe tables` (re-render every table README.md and docs/ mark from its study in results/)
+
+`ganpipe tables --check` (exit status 1, naming the pages, when a committed table is not what its study renders)
+""")
+def tables(
+    check: bool = typer.Option(False, "--check", help="Only check: exit 1 if a page's table differs from its study."),
+) -> None:
+    """Render the result tables of README.md and docs/ from the recorded studies in results/."""
+    from pipeline.common import atomic
+    from pipeline.reports import recorded
+
+    root = _root()
+    try:
+        stale = recorded.stale_pages(root)
+    except GanpipeError as exc:
+        _fail(exc)
+    names = ", ".join(str(page.relative_to(root)) for page in stale)
+    if check:
+        if stale:
+            typer.echo(f"these pages' tables differ from what results/ renders: {names}. Run `ganpipe tables` to "
+                       "re-render them (an edit belongs in the study's JSON, not in the page).", err=True)
+            raise typer.Exit(1)
+        typer.echo("every table matches its recorded study")
+        return
+    for page, text in stale.items():
+        atomic.write_text(page, text)
+    typer.echo(f"re-rendered {names}" if stale else "every table already matches its recorded study")
 
 
 @app.command(epilog="""**Examples**

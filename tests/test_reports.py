@@ -908,3 +908,29 @@ def test_compare_with_no_matching_runs_says_what_there_is(runs, tmp_path):
     _assert_user_error(_compare(*out, "--experiment", "other"), 'no experiment named "other"', "ganpipe")
     _assert_user_error(_compare(*out, "--runs", "0123456789abcdef"), "no run with id 0123456789abcdef")
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_records_a_study_that_ganpipe_tables_renders_with_its_conditions(tmp_path, monkeypatch):
+    """`ganpipe compare --record` writes the runs as a study of results/ (verdicts, each replica's metrics,
+    kernels, commit, date); its rendered table counts the diverged replica apart and takes medians of the
+    replicas' own FLDs; without --title and --command it is refused before anything is read."""
+    from pipeline.reports import recorded
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    _log_training(tmp_path, "cgan", 0, ["none", "both", None, "none"])
+    study_file = tmp_path / "results" / "study.json"
+    refused = _compare("--out-dir", str(tmp_path / "reports"), "--record", str(study_file))
+    assert refused.exit_code != 0 and "--title" in refused.output and not study_file.exists()
+
+    result = _compare("--out-dir", str(tmp_path / "reports"), "--record", str(study_file), "--title", "cgan at 4 replicas",
+                      "--command", "dvc exp run -S model=cgan -S replicas=4", "--machine", "a test machine")
+    assert result.exit_code == 0, result.output
+    study = json.loads(study_file.read_text())
+    assert study["variants"][0]["verdicts"] == ["none", "both", "diverged", "none"]
+    assert study["conditions"]["kernels"] == tiny_params(60)["compute"]["cpu_kernels"]
+    row = recorded.rate_row(study["variants"][0])
+    assert row[:4] == ["cgan", "1/3 (1)", "0.33 [0.06, 0.79]", "23.0 (65.5)"]  # FLDs 20, 151, 23 of replicas 0, 1, 3
+    (tmp_path / "page.md").write_text("<!-- table: results/study.json -->\n<!-- /table -->\n")
+    page = recorded.render_page(tmp_path, (tmp_path / "page.md").read_text())
+    assert "| cgan | 1/3 (1) |" in page and "Machine: a test machine. Kernels:" in page
+    assert "Reproduce: `dvc exp run -S model=cgan -S replicas=4`" in page

@@ -14,12 +14,13 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from pipeline.common import layout
+from pipeline.common import atomic, layout
 from pipeline.instrument.rates import Rate, compare_sentence, intervals_separate, median_iqr, rate_of
-from pipeline.reports import charts, groups, output, store, wgan_signal
+from pipeline.reports import charts, groups, output, recorded, store, wgan_signal
 from pipeline.reports.document import Bullets, Document, Figure, Gallery, Heading, Paragraph, Table
 from pipeline.reports.glossary import REAL_BY_DEFINITION, fmt
 from pipeline.reports.store import ReplicaData, RunData
@@ -47,9 +48,13 @@ W_PANEL = ("w_estimate", "WGAN critic's W-estimate")
 
 
 def compare(root: Path, out_dir: Path, experiment: str, run_ids: list[str], models: list[str],
-            across_budgets: bool = False) -> list[Path]:
-    """Read the runs, build the comparison and write comparison.html/.md into out_dir."""
+            across_budgets: bool = False, record_as: dict[str, Any] | None = None) -> list[Path]:
+    """Read the runs, build the comparison and write comparison.html/.md into out_dir; with `record_as`
+    ({file, title, command, machine}) also write the runs as a recorded study (pipeline.reports.recorded)."""
     uri, runs = store.load_runs(root, experiment, run_ids, models)
+    if record_as:
+        study = recorded.record(runs, record_as["title"], record_as["command"], record_as["machine"])
+        atomic.write_json(record_as["file"], study)
     selection = (
         "the runs given with --runs" if run_ids
         else f'the latest finished run of each model, seed, dataset, preset and budget in experiment "{experiment}"'

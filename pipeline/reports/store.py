@@ -96,6 +96,7 @@ class RunData:
     url: str = ""  # the run's page in the MLflow UI
     budget: Budget = Budget(NOT_RECORDED, NOT_RECORDED, NOT_RECORDED, NOT_RECORDED)
     settings: dict[str, str] = field(default_factory=dict)  # the resolved preset (variant/*) as logged
+    conditions: dict[str, str] = field(default_factory=dict)  # kernels, commit, date, wall_time (conditions_of)
 
     @property
     def conditional(self) -> bool:
@@ -316,7 +317,21 @@ def fetch(row: pd.Series) -> RunData:
         url=mlflow_store.run_url(mlflow.get_tracking_uri(), str(row["experiment_id"]), row["run_id"]),
         budget=budget_of(row),
         settings=preset_settings(row),
+        conditions=conditions_of(row),
     )
+
+
+def conditions_of(row: pd.Series) -> dict[str, str]:
+    """What a recorded table names beside a training's figures: kernels, the commit its experiment was
+    based on, the day it started and how long it ran."""
+    start, end = row.get("start_time"), row.get("end_time")
+    out = {"kernels": _param(row, "params.compute/cpu_kernels"),
+           "commit": str(row.get("tags.dvc_baseline_rev") or NOT_RECORDED)[:7]}
+    if isinstance(start, pd.Timestamp) and not pd.isna(start):
+        out["date"] = start.strftime("%Y-%m-%d")
+        if isinstance(end, pd.Timestamp) and not pd.isna(end):
+            out["wall_time"] = f"{(end - start).total_seconds() / 60:.0f} min"
+    return out
 
 
 def load_runs(root: Path, experiment: str, run_ids: list[str], models: list[str]) -> tuple[str, list[RunData]]:

@@ -1,0 +1,66 @@
+"""The result tables in README.md and docs/ are rendered from the recorded studies in results/ (`ganpipe
+tables`), never typed: a hand edit of a rendered number, or a study changed without re-rendering, fails here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.reports import recorded
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_committed_table_is_what_its_study_renders():
+    assert recorded.stale_pages(REPO) == {}, "run `ganpipe tables` and commit the pages it re-renders"
+    marked = [page for page in recorded.pages(REPO) if "<!-- table: " in page.read_text()]
+    assert REPO / "README.md" in marked and REPO / "docs" / "results.md" in marked
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("README.md", "docs", "results"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, root / name)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return root
+
+
+def _check(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "tables", "--check"], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_a_number_edited_by_hand_in_a_rendered_table_is_caught(tmp_path):
+    root = _copy(tmp_path)
+    readme = root / "README.md"
+    text = readme.read_text()
+    assert "| vanilla | 3/8 (0) | 0.38 [0.14, 0.69] | 281.3 (38.3)" in text
+    readme.write_text(text.replace("| 281.3 (38.3) |", "| 261.3 (38.3) |", 1))
+    done = _check(root)
+    assert done.returncode == 1 and "README.md" in done.stderr and "ganpipe tables" in done.stderr
+
+
+def test_a_changed_study_re_renders_counts_and_interval_from_its_verdicts(tmp_path):
+    root = _copy(tmp_path)
+    study_file = root / "results" / "headline.json"
+    study = json.loads(study_file.read_text())
+    vanilla = next(v for v in study["variants"] if v["name"] == "vanilla")
+    vanilla["verdicts"] = ["none"] * 7 + ["diverged"]  # 0 of 7 evaluated collapsed, one diverged
+    study_file.write_text(json.dumps(study))
+    assert _check(root).returncode == 1
+    rendered = recorded.render_page(root, (root / "README.md").read_text())
+    assert "| vanilla | 0/7 (1) | 0.00 [0.00, 0.35] |" in rendered  # Wilson's upper bound for 0/7
+    assert "Machine: a 2-core Intel Xeon" in rendered and "Kernels: `native`" in rendered
+
+
+def test_a_study_that_cannot_be_read_is_named_with_the_fix(tmp_path):
+    root = _copy(tmp_path)
+    (root / "results" / "headline.json").write_text("{ not json")
+    done = _check(root)
+    assert done.returncode != 0 and "results/headline.json" in done.stderr and "--record" in done.stderr
+    assert "Traceback" not in done.stderr
