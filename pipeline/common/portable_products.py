@@ -14,8 +14,8 @@ cores: with both on two threads, the evaluator's training ran 2-3x slower.
 How: each op's CPU kernel is replaced through `torch.library`, below autograd and vmap, so the networks,
 the trainer and the instrument stay plain torch code and every caller (a `Linear`, the backward pass of one,
 `torch.cdist`, a vmapped batch of replicas) reaches these kernels. A product runs on numpy views of the
-tensors' memory, with no copy unless numpy needs a contiguous operand. Convolutions are not here: they go
-through oneDNN with its ISA capped at AVX2 (pipeline/common/cpu_kernels.py).
+tensors' memory, with no copy unless numpy needs a contiguous operand. Convolutions are unfolded around these same products in
+pipeline/common/portable_convolutions.py.
 """
 
 from __future__ import annotations
