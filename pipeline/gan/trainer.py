@@ -235,6 +235,10 @@ class Trainer:
 
     def _keep_rows(self, rows: list[int]) -> None:
         """Drop the other rows from networks, optimiser state and sums; the rest continue unchanged."""
+        if rows == list(range(len(self.live))):
+            # Nothing to drop (a resume with every replica live): selecting would copy the stacked conv weights
+            # into the default layout from their channels-last one, and the resumed training would round differently.
+            return
         g_state, d_state = self.g_opt.state_dict(), self.d_opt.state_dict()
         self.generator.select(rows)
         self.critic.select(rows)
