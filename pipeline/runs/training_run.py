@@ -102,7 +102,7 @@ def _new_or_resumed_result(params: Params, data: MNIST, device: torch.device, n_
                            saved: dict[str, Any] | None, stacked: StackedMNIST | None) -> RunResult:
     """The replicas' trainer on the training set, restored from the checkpoint `saved` when there is one."""
     seeds = replica_seeds(params.seed, params.replicas)
-    images, labels = training_rows(data, device, stacked)
+    images, labels = training_rows(data, device, stacked, params.variant.real_triples)
     # One replica runs as plain (unbatched) calls: vmap only pays off when there is something to batch.
     trainer = Trainer(params.variant, images, labels, seeds, batched=params.replicas > 1)
     result = RunResult(trainer, "", [], seeds, device=str(device), threads=n_threads)

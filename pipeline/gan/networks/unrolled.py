@@ -10,16 +10,22 @@ stacked_MNIST_experiments/unrolled_GAN_experiment/D=0.25G/model.py; D=0.5G diffe
   followed by batch norm and LeakyReLU(0.3), then a linear layer from the 4x4 maps to one logit. width 2
   is their "D = 0.25G" (2, 4, 8 channels), width 4 their "D = 0.5G" (4, 8, 16).
 
-Two departures, neither of which changes what the nets can express:
-- G ends in a sigmoid on [0, 1], where theirs ends in tanh on [-1, 1]: pixels are in [0, 1] throughout this
-  project, and tanh(a) = 2·sigmoid(2a) - 1. D's first layer is followed by batch norm, which removes any
-  affine rescaling of its input, so D sees the same thing either way.
-- PyTorch pads a stride-2 convolution symmetrically where TensorFlow's "SAME" pads the bottom and right;
-  every feature map has their shape.
+G's last activation is the preset's `output_activation`: tanh, as theirs, with both nets trained on [-1, 1]
+pixels (the trainer rescales real images; `sampling` hands out (x + 1) / 2, so every sample the instrument sees is
+[0, 1]), or sigmoid on [0, 1]. The two are not equivalent: D's convolutions pad with zeros, which is black on
+[0, 1] and mid-grey on [-1, 1].
+
+Two TensorFlow conventions of theirs are kept, so the family computes their functions from their initial
+distributions (properties of the family: only PacGAN's Table 3 presets use it):
+- "SAME" padding. A stride-2 convolution from an even side pads only the bottom and right (28 -> 14, 14 -> 7),
+  and its transpose (7 -> 14, 14 -> 28) is the full transposed convolution cropped at the bottom and right;
+  PyTorch's symmetric padding would centre every window one pixel up and left. From the odd side 7 (7 -> 4,
+  4 -> 7) and at stride 1 both pad symmetrically.
+- Their initialisers (ops.py): linear and transposed-conv weights N(0, 0.02), conv weights the same normal
+  truncated at two standard deviations, biases 0, batch-norm scales 1 and offsets 0.
 
 Unlike the dcgan family, D has batch norm; the preset passes real and fake through it in separate batches
-(`critic_pass: separate`), as their code does, so batch statistics never mix the two kinds. Weights are
-drawn from N(0, 0.02) like theirs (DCGAN's initialisation).
+(`critic_pass: separate`), as their code does, so batch statistics never mix the two kinds.
 """
 
 from __future__ import annotations
@@ -34,37 +40,70 @@ _SEED_SIDE = 4  # G's first feature map, and D's last (28 -> 14 -> 7 -> 4)
 LEAK = 0.3  # their lrelu(..., leak=0.3)
 
 
-def _up(c_in: int, c_out: int, output_padding: int) -> list[nn.Module]:
-    # kernel 3, stride 2, padding 1: 4 -> 7 with output_padding 0, 7 -> 14 and 14 -> 28 with 1
-    return [
-        nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=output_padding),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(),
-    ]
+class _CropBottomRight(nn.Module):
+    """Keeps the top-left side x side of a feature map: TensorFlow's SAME transposed convolution from an odd
+    full size (15 -> 14, 29 -> 28) drops the last row and column."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., : self.side, : self.side]
 
 
-def _down(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(LEAK)]
+def _up(c_in: int, c_out: int, side: int) -> list[nn.Module]:
+    """3x3 stride-2 transposed conv to side x side, batch norm, ReLU."""
+    if side % 2:  # 4 -> 7: SAME pads the 7 -> 4 convolution 1 on each side, as PyTorch's padding 1
+        up = [nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1)]
+    else:  # 7 -> 15 -> 14, 14 -> 29 -> 28
+        up = [nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2), _CropBottomRight(side)]
+    return [*up, nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def _down(c_in: int, c_out: int, side_in: int) -> list[nn.Module]:
+    """3x3 stride-2 conv from side_in x side_in, batch norm, LeakyReLU(0.3)."""
+    if side_in % 2:  # 7 -> 4: one pixel on each side, as PyTorch's padding 1
+        down = [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1)]
+    else:  # 28 -> 14, 14 -> 7: one row and column at the bottom and right
+        down = [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(c_in, c_out, kernel_size=3, stride=2)]
+    return [*down, nn.BatchNorm2d(c_out), nn.LeakyReLU(LEAK)]
+
+
+def released_init_(module: nn.Module) -> None:
+    """Their ops.py initialisers (DCGAN's N(0, 0.02), as tensorflow draws it per layer kind)."""
+    dcgan_init_(module)  # linear and transposed-conv weights N(0, 0.02), biases 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):  # conv2d: tf.truncated_normal_initializer(stddev=0.02)
+            nn.init.trunc_normal_(layer.weight, 0.0, 0.02, a=-0.04, b=0.04)
+        elif isinstance(layer, nn.BatchNorm2d):  # tf.contrib.layers.batch_norm: scale 1, offset 0
+            nn.init.ones_(layer.weight)
+
+
+OUTPUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, width: int, conditional: bool = False, channels: int = 3):
+    def __init__(
+        self, z_dim: int, width: int, conditional: bool = False, channels: int = 3, output_activation: str = "sigmoid"
+    ):
         super().__init__()
         self.z_dim = z_dim
         self.n_classes = N_CLASSES if conditional else 0
+        self.output_activation = output_activation  # sampling maps tanh's [-1, 1] to [0, 1]
         self.net = nn.Sequential(
             nn.Linear(z_dim + self.n_classes, 8 * width * _SEED_SIDE * _SEED_SIDE),
             nn.Unflatten(1, (8 * width, _SEED_SIDE, _SEED_SIDE)),
             nn.BatchNorm2d(8 * width),
             nn.ReLU(),
-            *_up(8 * width, 4 * width, output_padding=0),  # 4 -> 7
-            *_up(4 * width, 2 * width, output_padding=1),  # 7 -> 14
-            *_up(2 * width, width, output_padding=1),  # 14 -> 28
+            *_up(8 * width, 4 * width, 7),  # 4 -> 7
+            *_up(4 * width, 2 * width, 14),  # 7 -> 14
+            *_up(2 * width, width, IMAGE_SIDE),  # 14 -> 28
             nn.Conv2d(width, channels, kernel_size=3, stride=1, padding=1),
-            nn.Sigmoid(),
+            OUTPUT_ACTIVATIONS[output_activation](),
             nn.Flatten(),
         )
-        dcgan_init_(self)
+        released_init_(self)
         channels_last_(self)
 
     def forward(self, z: torch.Tensor, y_onehot: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,9 +118,10 @@ class Discriminator(ConvDiscriminator):
     ):
         features = nn.Sequential(
             nn.Unflatten(1, (pack * channels, IMAGE_SIDE, IMAGE_SIDE)),
-            *_down(pack * channels, width),  # 28 -> 14
-            *_down(width, 2 * width),  # 14 -> 7
-            *_down(2 * width, 4 * width),  # 7 -> 4
+            *_down(pack * channels, width, IMAGE_SIDE),  # 28 -> 14
+            *_down(width, 2 * width, 14),  # 14 -> 7
+            *_down(2 * width, 4 * width, 7),  # 7 -> 4
             nn.Flatten(),
         )
         super().__init__(features, 4 * width * _SEED_SIDE * _SEED_SIDE, conditional, sigmoid_output, pack)
+        released_init_(self)  # after ConvDiscriminator's DCGAN initialisation, which it refines
