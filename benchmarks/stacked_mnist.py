@@ -16,8 +16,8 @@ ganpipe's rows are mean ± standard error over seeds, each seed's count beside t
 
     python benchmarks/stacked_mnist.py --presets dcgan-quarter-d --seeds 0,1,2,3,4 --iterations 8000 \
         --count-every 2000 --save-generators gens --out dcgan.json             # Table 3's setting, short budget
-    python benchmarks/stacked_mnist.py ... --until 4000    # stop after the count at 4,000; the same command
-                                                           # again resumes from gens/ and dcgan.json
+    python benchmarks/stacked_mnist.py ... --until 4000    # stop at 4,000 (a count or a multiple of 1,000); the same
+                                                           # command again resumes from gens/ and dcgan.json
     python benchmarks/stacked_mnist.py --recount gens --presets dcgan-quarter-d --steps 8000 --out recount.json
                                                            # the saved generators counted all four ways
     python benchmarks/stacked_mnist.py --report dcgan.json pac.json recount.json   # the tables from saved runs
@@ -140,6 +140,9 @@ def train_and_count(variant: VariantParams, rows, labels, seeds: list[int], iter
             if saved:
                 _save_step(saved, trainer, variant, seeds, iterations)
             on_count(trainer.step, step_rows, seconds)
+        elif saved and args.until and trainer.step >= args.until:  # stopping between counts: keep the trainer
+            _save_trainer(saved, trainer, seeds, iterations)
+            on_count(trainer.step, [], seconds)
     return {r: final[r] for r in trainer.live if r in final}, seconds, trainer.step
 
 
@@ -148,6 +151,10 @@ def _save_step(folder: Path, trainer, variant: VariantParams, seeds: list[int], 
     generators = trainer.generators()
     diverged = [None if g is not None else "diverged" for g in generators]
     save_generators(folder / f"step_{trainer.step}.pt", generators, variant, seeds, diverged, channels=stacked_mnist.CHANNELS)
+    _save_trainer(folder, trainer, seeds, iterations)
+
+
+def _save_trainer(folder: Path, trainer, seeds: list[int], iterations: int) -> None:
     atomic.save_torch(folder / "trainer.pt", {"seeds": seeds, "iterations": iterations, "trainer": trainer.state_dict()})
 
 
@@ -194,6 +201,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         def on_count(step: int, step_rows: list[dict], seconds: float, result=result, before=before) -> None:
             result["curve"] = [row for row in result["curve"] if row["step"] != step] + step_rows
             result["train_seconds"] = round(before + seconds, 1)
+            result["reached"] = step
             print(f"{result['preset']} at {step:,}: modes {[r['modes_captured'] for r in step_rows]}", file=sys.stderr, flush=True)
             if args.out:
                 atomic.write_json(args.out, results)
@@ -364,7 +372,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count-every", type=int, default=None, help="count modes every this many iterations (the curve)")
     parser.add_argument("--save-generators", type=Path, default=None,
                         help="folder for every count's generators (<preset>/step_<N>.pt) and the trainer to resume from")
-    parser.add_argument("--until", type=int, default=None, help="stop after the count at this iteration (resume later)")
+    parser.add_argument("--until", type=int, default=None,
+                        help="stop at this iteration (a count, or a multiple of 1,000) and keep the trainer; the same command resumes")
     parser.add_argument("--recount", type=Path, default=None, help="count the generators saved in this folder all four ways")
     parser.add_argument("--steps", default="", help="with --recount: the comma-separated steps to count")
     parser.add_argument("--counter", type=Path, default=ROOT / layout.MODE_COUNTER, help="PacGAN's counter (the mode_counter stage's)")
