@@ -228,32 +228,66 @@ def tf_same_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Te
                                       weight, stride=stride)
 
 
-def test_d_convolves_and_g_upsamples_with_tensorflows_same_padding():
+def tf_same_transposed(y: torch.Tensor, weight: torch.Tensor, side: int) -> torch.Tensor:
+    """tf.nn.conv2d_transpose to side x side with SAME padding: the adjoint of tf_same_conv from side x side."""
+    with torch.enable_grad():
+        probe = torch.zeros(y.shape[0], weight.shape[1], side, side, requires_grad=True)
+        (adjoint,) = torch.autograd.grad((tf_same_conv(probe, weight.detach(), 2) * y.detach()).sum(), probe)
+    return adjoint
+
+
+def rot(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-2, -1)
+
+
+def bn(x: torch.Tensor, norm: torch.nn.BatchNorm2d) -> torch.Tensor:
+    return torch.nn.functional.batch_norm(x, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
+
+
+def test_d_is_their_same_padded_d_with_rotated_kernels():
+    """D (PyTorch's symmetric padding, input rotated by 180 degrees) equals TensorFlow's SAME-padded D whose
+    kernels are D's rotated, map for map (each of D's maps is the rotated TensorFlow map)."""
     torch.manual_seed(0)
-    critic = unrolled.Discriminator(2, channels=STACKED)
-    x = torch.randn(2, STACKED * 28 * 28)
-    h = x.reshape(2, STACKED, 28, 28)
-    convs = [layer for layer in critic.features if isinstance(layer, torch.nn.Conv2d)]
+    critic = unrolled.Discriminator(2, channels=STACKED, pack=2)
+    x = torch.randn(6, STACKED * 28 * 28)  # 6 samples: 3 packs of 2
+    convs = [m for m in critic.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in critic.features if isinstance(m, torch.nn.BatchNorm2d)]
     seen = []
     hooks = [c.register_forward_hook(lambda m, i, o: seen.append(o)) for c in convs]
-    critic(x)
-    for conv, out in zip(convs, seen):
-        expected = tf_same_conv(h, conv.weight, 2) + conv.bias[:, None, None]
-        torch.testing.assert_close(out.contiguous(), expected)  # 28 -> 14 -> 7 -> 4, their windows
-        h = torch.nn.functional.leaky_relu(
-            torch.nn.functional.batch_norm(out, None, None, training=True, eps=1e-5), 0.3)  # BN scale 1, offset 0
+    with torch.no_grad():
+        logits = critic(x)
     for hk in hooks:
         hk.remove()
-    # tf.nn.conv2d_transpose is the adjoint of that conv2d: <conv(x), y> = <x, conv_transpose(y)>
-    generator = unrolled.Generator(256, 8, channels=STACKED)
-    ups = [layer for layer in generator.net if isinstance(layer, torch.nn.ConvTranspose2d)]
-    for up, side in zip(ups, (7, 14, 28)):
-        block = torch.nn.Sequential(*list(generator.net)[list(generator.net).index(up):][:2 if side % 2 else 2])
-        block = torch.nn.Sequential(up, *([] if side % 2 else [generator.net[list(generator.net).index(up) + 1]]))
-        y = torch.randn(1, up.in_channels, -(-side // 2), -(-side // 2))
-        x_probe = torch.zeros(1, up.out_channels, side, side, requires_grad=True)
-        (adjoint,) = torch.autograd.grad((tf_same_conv(x_probe, up.weight, 2) * y).sum(), x_probe)
-        torch.testing.assert_close(block(y).contiguous() - up.bias[:, None, None], adjoint, rtol=1e-5, atol=1e-5)
+    h = x.reshape(3, 2 * STACKED, 28, 28)  # their packs: 3 of 2 images, channels side by side
+    with torch.no_grad():
+        for conv, norm, ours in zip(convs, norms, seen):
+            h = tf_same_conv(h, rot(conv.weight), 2) + conv.bias[:, None, None]  # 28 -> 14 -> 7 -> 4, their windows
+            torch.testing.assert_close(rot(ours), h, rtol=1e-4, atol=1e-5)
+            h = torch.nn.functional.leaky_relu(bn(h, norm), 0.3)
+        torch.testing.assert_close(logits, critic.head(rot(h).flatten(1)).squeeze(1), rtol=1e-4, atol=1e-5)
+    assert [tuple(o.shape[-2:]) for o in seen] == [(14, 14), (7, 7), (4, 4)]
+
+
+def test_g_is_their_same_padded_g_with_rotated_kernels():
+    """G (PyTorch's padding, output rotated by 180 degrees) equals TensorFlow's G: its transposed convolutions
+    the adjoints of SAME convolutions, kernels G's rotated, the 4x4 seed map rotated."""
+    torch.manual_seed(0)
+    generator = unrolled.Generator(256, 8, channels=STACKED, output_activation="tanh").train()
+    layers = list(generator.net)
+    norms = [m for m in layers if isinstance(m, torch.nn.BatchNorm2d)]
+    ups = [m for m in layers if isinstance(m, torch.nn.ConvTranspose2d)]
+    last = next(m for m in layers if type(m) is torch.nn.Conv2d)
+    z = torch.randn(5, 256)
+    with torch.no_grad():
+        images = generator(z)
+        h = rot(layers[0](z).reshape(5, 64, 4, 4))  # their reshape to 4x4x64, in TensorFlow's frame
+        h = torch.relu(bn(h, norms[0]))
+        for up, norm, side in zip(ups, norms[1:], (7, 14, 28)):
+            h = torch.relu(bn(tf_same_transposed(h, rot(up.weight), side) + up.bias[:, None, None], norm))
+        expected = torch.tanh(tf_same_conv(h, rot(last.weight), 1) + last.bias[:, None, None])
+    torch.testing.assert_close(images.reshape(5, STACKED, 28, 28), expected, rtol=1e-4, atol=1e-5)
+    # the identity is not trivial: without the rotation, G's image is not theirs
+    assert not torch.allclose(rot(images.reshape(5, STACKED, 28, 28)), expected, atol=1e-3)
 
 
 def test_the_family_starts_from_their_initialisers():
@@ -295,7 +329,7 @@ def test_a_tanh_preset_trains_on_minus_one_to_one_and_hands_the_instrument_zero_
     sigmoid_real = d_inputs(variant("dcgan-quarter-d", batch_size=8, output_activation="sigmoid"), images)[0]
     assert torch.all(tanh_real == -0.5) and torch.all(sigmoid_real == 0.25)  # 2 x - 1: their [-1, 1] data
     generator = build_generator(variant("dcgan-quarter-d"), STACKED)
-    assert isinstance(generator.net[-2], torch.nn.Tanh)
+    assert any(isinstance(m, torch.nn.Tanh) for m in generator.net)
     drawn = sampling.sample(generator, 40, seed=3)
     generator.eval()
     with torch.no_grad():

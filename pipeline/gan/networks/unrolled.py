@@ -18,9 +18,13 @@ pixels (the trainer rescales real images; `sampling` hands out (x + 1) / 2, so e
 Two TensorFlow conventions of theirs are kept, so the family computes their functions from their initial
 distributions (properties of the family: only PacGAN's Table 3 presets use it):
 - "SAME" padding. A stride-2 convolution from an even side pads only the bottom and right (28 -> 14, 14 -> 7),
-  and its transpose (7 -> 14, 14 -> 28) is the full transposed convolution cropped at the bottom and right;
-  PyTorch's symmetric padding would centre every window one pixel up and left. From the odd side 7 (7 -> 4,
-  4 -> 7) and at stride 1 both pad symmetrically.
+  and its transpose (7 -> 14, 14 -> 28) crops the full transposed convolution at the bottom and right, where
+  PyTorch's padding is symmetric. Rotating a network's input by 180 degrees turns one into the other: a net with
+  PyTorch's padding, fed and read out rotated, is their net with every kernel rotated, the 4x4 maps' positions
+  permuted and nothing else changed (at the odd sides 7 -> 4, 4 -> 7 and at stride 1 both pad symmetrically).
+  Rotated or permuted i.i.d. initial weights are the same distribution, and Adam acts weight by weight, so D
+  here rotates its input and G its output: their functions, trained as theirs, on PyTorch's fast kernels
+  (tests/test_unrolled.py checks the identity against TensorFlow's padding rule layer by layer).
 - Their initialisers (ops.py): linear and transposed-conv weights N(0, 0.02), conv weights the same normal
   truncated at two standard deviations, biases 0, batch-norm scales 1 and offsets 0.
 
@@ -40,34 +44,25 @@ _SEED_SIDE = 4  # G's first feature map, and D's last (28 -> 14 -> 7 -> 4)
 LEAK = 0.3  # their lrelu(..., leak=0.3)
 
 
-class _CropBottomRight(nn.Module):
-    """Keeps the top-left side x side of a feature map: TensorFlow's SAME transposed convolution from an odd
-    full size (15 -> 14, 29 -> 28) drops the last row and column."""
-
-    def __init__(self, side: int):
-        super().__init__()
-        self.side = side
+class Rotate180(nn.Module):
+    """Turns feature maps (..., H, W) by 180 degrees: TensorFlow's bottom-right SAME padding from PyTorch's
+    symmetric one (the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[..., : self.side, : self.side]
+        return x.flip(-2, -1)
 
 
-def _up(c_in: int, c_out: int, side: int) -> list[nn.Module]:
-    """3x3 stride-2 transposed conv to side x side, batch norm, ReLU."""
-    if side % 2:  # 4 -> 7: SAME pads the 7 -> 4 convolution 1 on each side, as PyTorch's padding 1
-        up = [nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1)]
-    else:  # 7 -> 15 -> 14, 14 -> 29 -> 28
-        up = [nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2), _CropBottomRight(side)]
-    return [*up, nn.BatchNorm2d(c_out), nn.ReLU()]
+def _up(c_in: int, c_out: int, output_padding: int) -> list[nn.Module]:
+    # kernel 3, stride 2, padding 1: 4 -> 7 with output_padding 0, 7 -> 14 and 14 -> 28 with 1
+    return [
+        nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=output_padding),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    ]
 
 
-def _down(c_in: int, c_out: int, side_in: int) -> list[nn.Module]:
-    """3x3 stride-2 conv from side_in x side_in, batch norm, LeakyReLU(0.3)."""
-    if side_in % 2:  # 7 -> 4: one pixel on each side, as PyTorch's padding 1
-        down = [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1)]
-    else:  # 28 -> 14, 14 -> 7: one row and column at the bottom and right
-        down = [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(c_in, c_out, kernel_size=3, stride=2)]
-    return [*down, nn.BatchNorm2d(c_out), nn.LeakyReLU(LEAK)]
+def _down(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(LEAK)]
 
 
 def released_init_(module: nn.Module) -> None:
@@ -96,11 +91,12 @@ class Generator(nn.Module):
             nn.Unflatten(1, (8 * width, _SEED_SIDE, _SEED_SIDE)),
             nn.BatchNorm2d(8 * width),
             nn.ReLU(),
-            *_up(8 * width, 4 * width, 7),  # 4 -> 7
-            *_up(4 * width, 2 * width, 14),  # 7 -> 14
-            *_up(2 * width, width, IMAGE_SIDE),  # 14 -> 28
+            *_up(8 * width, 4 * width, output_padding=0),  # 4 -> 7
+            *_up(4 * width, 2 * width, output_padding=1),  # 7 -> 14
+            *_up(2 * width, width, output_padding=1),  # 14 -> 28
             nn.Conv2d(width, channels, kernel_size=3, stride=1, padding=1),
             OUTPUT_ACTIVATIONS[output_activation](),
+            Rotate180(),  # TensorFlow's SAME padding (the module docstring)
             nn.Flatten(),
         )
         released_init_(self)
@@ -118,9 +114,10 @@ class Discriminator(ConvDiscriminator):
     ):
         features = nn.Sequential(
             nn.Unflatten(1, (pack * channels, IMAGE_SIDE, IMAGE_SIDE)),
-            *_down(pack * channels, width, IMAGE_SIDE),  # 28 -> 14
-            *_down(width, 2 * width, 14),  # 14 -> 7
-            *_down(2 * width, 4 * width, 7),  # 7 -> 4
+            Rotate180(),  # TensorFlow's SAME padding (the module docstring)
+            *_down(pack * channels, width),  # 28 -> 14
+            *_down(width, 2 * width),  # 14 -> 7
+            *_down(2 * width, 4 * width),  # 7 -> 4
             nn.Flatten(),
         )
         super().__init__(features, 4 * width * _SEED_SIDE * _SEED_SIDE, conditional, sigmoid_output, pack)
