@@ -363,7 +363,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-kernels", choices=cpu_kernels.MODES,
                         help="portable or native kernels (default: params.yaml's compute.cpu_kernels)")
-    parser.add_argument("--presets", default="dcgan-quarter-d,pacdcgan2-quarter-d", help="comma-separated presets")
+    parser.add_argument("--presets", default="dcgan,pacdcgan2", help="comma-separated presets (default: dcgan,pacdcgan2)")
     parser.add_argument("--seeds", default=",".join(map(str, range(10))), help="comma-separated seeds (PacGAN Table 2: 10 trials)")
     parser.add_argument("--iterations", type=int, default=None, help="generator iterations (default: the preset's own)")
     parser.add_argument("--epochs", type=int, default=None, help="or epochs of the papers' 128,000 images (Table 2: 50)")
