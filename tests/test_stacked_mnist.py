@@ -478,3 +478,201 @@ def test_the_benchmark_trains_for_the_presets_own_iterations_unless_told():
     assert bench["iterations_for"](given(epochs=50), variants["dcgan"]) == 100_000  # Table 2's 50 epochs at batch 64
     assert bench["iterations_for"](given(iterations=8000, epochs=50), variants["pacdcgan2-quarter-d"]) == 8000
     assert "Needs the prepared MNIST" in bench["__doc__"] and "50 epochs of" not in bench["__doc__"].split("\n\n")[0]
+
+
+# --- issue 32, end to end at tiny budgets: the released code's real triples, and the counts a run reports --------
+
+
+@pytest.fixture(scope="module")
+def released_counter(mnist):
+    """PacGAN's counter architecture and training at a test's budget (theirs: 20 epochs of 60,000 digits), with
+    its reading of the first 2,000 MNIST test images (the real-data yardstick; all 10,000 cost 8 s on 2 cores)."""
+    from pipeline.instrument import evaluator, mode_counter
+    from pipeline.instrument.stacked import ModeClassifier
+
+    settings = counter_settings(epochs=2, train_subset=3000, seed=0)
+    model = mode_counter.train_counter(*mode_counter.training_digits(mnist.x_train, mnist.y_train, settings), settings)
+    return ModeClassifier("released-cnn", model, evaluator.embed(model, mnist.x_test[:2000]).predicted)
+
+
+def table3_variant(name: str, **changes):
+    from pipeline.common.params import VariantParams
+
+    from .conftest import repo_params
+
+    return VariantParams.model_validate({**repo_params()["variants"][name], **changes})
+
+
+def real_batches_d_saw(variant, rows, labels, iterations: int) -> torch.Tensor:
+    """The real images (N, 3 x 784) in [0, 1] that D judged over `iterations` iterations of one replica."""
+    import torch
+
+    from pipeline.gan.trainer import Trainer
+
+    trainer = Trainer(variant, rows, labels, [0], batched=False)
+    seen: list[torch.Tensor] = []
+    trainer.critic.base.features.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].detach().clone()))
+    trainer.advance(iterations)
+    real = torch.cat(seen[0::3])  # separate passes: a real batch, a fake batch, then the G step's fake batch
+    return (real + 1) / 2 if variant.output_activation == "tanh" else real
+
+
+def test_a_table3_preset_trains_on_triples_drawn_afresh_from_all_60000_digits_not_the_stack_stages_set(mnist):
+    """Issue 32 item 6: their generate_stacked_mnist draws every channel of every batch from all of MNIST; with
+    `real_triples: fixed-set` (every other preset) D only ever sees the `stack` stage's triples."""
+    import torch
+
+    from pipeline.data.training_set import training_rows
+
+    cpu = torch.device("cpu")
+    stack = stacked_mnist.build(mnist.y_train, 40, seed=0)  # a stack stage of 40 triples, so leaving it shows
+    in_set = torch.from_numpy(stacked_mnist.materialise(mnist.x_train, stack.indices).reshape(40, -1)).float() / 255
+
+    def distance_to_the_set(real: torch.Tensor) -> torch.Tensor:
+        # 0 where an image is one of the 40 triples, up to the rounding of tanh's 2 x - 1 and back; two different
+        # triples lie several units apart
+        return torch.cdist(real, in_set).min(dim=1).values
+
+    preset = table3_variant("dcgan-quarter-d", batch_size=16)
+    assert preset.real_triples == "fresh"
+    rows, labels = training_rows(mnist, cpu, stack, preset.real_triples)
+    assert len(rows) == 60_000 and rows.index_shape == (3,)  # an image is three row numbers into all of MNIST
+    fresh = real_batches_d_saw(preset, rows, labels, iterations=3)
+    assert fresh.shape == (48, 3 * 784) and bool((distance_to_the_set(fresh) > 1).all())
+    assert not torch.equal(fresh[:16], fresh[16:32])  # new triples every batch
+
+    fixed = table3_variant("dcgan-quarter-d", batch_size=16, real_triples="fixed-set")  # the field alone changed
+    rows, labels = training_rows(mnist, cpu, stack, fixed.real_triples)
+    assert len(rows) == 40
+    assert float(distance_to_the_set(real_batches_d_saw(fixed, rows, labels, iterations=3)).max()) < 0.05
+
+
+def test_the_mode_counter_stage_trains_their_cnn_for_stacked_mnist_and_reports_its_test_accuracy(tmp_path, mnist):
+    """Issue 32 item 3: the stage trains the released architecture for a Stacked MNIST pipeline, keeps its weights
+    (a DVC out, cached like the evaluator's) and reports its accuracy; the evaluate stage reads it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.common import atomic
+    from pipeline.instrument import mode_counter
+
+    params = tiny_params()
+    params["dataset"] = "stacked-mnist"
+    params["mode_counter"].update(epochs=1, train_subset=None)  # null: every training digit there is (theirs: 60,000)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    atomic.save_npz(tmp_path / "data/prepared/mnist.npz", x_train=mnist.x_train[:1500], y_train=mnist.y_train[:1500],
+                    x_test=mnist.x_test[:2000], y_test=mnist.y_test[:2000])  # subsets keep the test fast
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "stages.mode_counter"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "metrics/mode_counter.json").read_text())
+    assert metrics["trained"] is True and metrics["digits"] == 1500 and 0.5 < metrics["test_accuracy"] <= 1
+    counter = mode_counter.load(tmp_path / "outputs/mode_counter/classifier.pt")
+    assert counter.name == "released-cnn" and isinstance(counter.model, mode_counter.ReleasedCNN)
+    assert counter.test_predicted.shape == (2000,)  # its reading of every test digit: the real-data yardstick
+    assert float((counter.test_predicted == mnist.y_test[:2000]).mean()) == pytest.approx(metrics["test_accuracy"], abs=1e-5)
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages["mode_counter"]["outs"] == ["outputs/mode_counter/classifier.pt"]  # cached (no cache: false)
+    assert all("outputs/mode_counter/classifier.pt" in stages[s]["deps"] for s in ("train", "evaluate"))
+
+
+def test_the_evaluate_stage_counts_a_table3_run_every_way_with_the_published_protocol_as_headline(instrument, small_mnist,
+                                                                                                   released_counter):
+    """Issue 32 items 2 and 3 as a run reports them: the four (classifier, sampling) counts and the two counters'
+    agreement beside the headline, which for a Table 3 preset is their counter on samples drawn with G's batch norm
+    on each batch of 128 (the preset's fields); with the fields set to ganpipe's, the headline is the evaluator's."""
+    import torch
+
+    from pipeline.common.params import parse_params
+    from pipeline.gan import sampling
+    from pipeline.gan.generator_file import ReplicaGenerator
+    from pipeline.gan.replicas import replica_seed
+    from pipeline.gan.trainer import Trainer
+    from pipeline.instrument import stacked
+    from pipeline.instrument.calibration import calibrate
+    from pipeline.runs.replica_evaluation import evaluate_replicas
+
+    model, ref = instrument
+    preset = "pacdcgan2-quarter-d"
+    raw = tiny_params()
+    raw.update(dataset="stacked-mnist", model=preset)
+    raw["variants"][preset]["stacked_eval_samples"] = 512
+    params = parse_params(raw)
+    rows = stacked_mnist.FreshStackedRows(torch.from_numpy(small_mnist.x_train[:3000].reshape(3000, -1)).float() / 255)
+    trainer = Trainer(params.variant, rows, torch.zeros(3000, dtype=torch.long), [7], batched=False)
+    trainer.advance(3)  # a few steps, so G's running statistics are its own and not the initial ones
+    generator = trainer.replica_generator(0)
+    calibration = calibrate(ref, params.evaluate, seed=0)
+
+    def evaluate(p):
+        evaluation = evaluate_replicas(p, [ReplicaGenerator(0, 7, generator, None)], False, model, ref, calibration,
+                                       None, released_counter=released_counter)
+        return evaluation.outcomes[0].result, evaluation.first_samples[0]
+
+    result, images = evaluate(params)
+    ways = result["mode_count_ways"]["ways"]
+    assert set(ways) == {stacked.way(c, s) for c in stacked.CLASSIFIERS for s in stacked.SAMPLINGS}
+    assert result["mode_classifier"] == "released-cnn"
+    assert result["modes_captured"] == ways["released-cnn_batch-stats"]["modes_captured"]
+    # the headline samples: G's batch norm on each batch of 128 (a pack of 2 trains G on 2 calls of 128), not 256
+    seed = replica_seed(params.seed, 0)
+    theirs = sampling.to_uint8(sampling.sample(generator, 512, seed=seed, batch_stats=True, batch_size=128))
+    assert np.array_equal(images, theirs)
+    assert not np.array_equal(images, sampling.to_uint8(sampling.sample(generator, 512, seed=seed, batch_stats=True,
+                                                                        batch_size=256)))
+    agreement = result["mode_count_ways"]["agreement"]
+    assert set(agreement) == set(stacked.SAMPLINGS) and all(0 <= a <= 1 for a in agreement.values())  # G is 3 steps old
+    # metrics/evaluate.json and MLflow carry every way flat, beside the headline
+    metrics = stacked.summary([result])
+    assert {f"modes_captured_{w}" for w in ways} | {"counter_agreement_running-stats", "counter_agreement_batch-stats"} \
+        <= set(metrics)
+    assert metrics["modes_captured"] == metrics["modes_captured_released-cnn_batch-stats"]
+
+    ganpipes = params.model_copy(update={"variants": {**params.variants, preset: params.variant.model_copy(
+        update={"mode_count_classifier": "evaluator", "mode_count_sampling": "running-stats"})}})
+    result, images = evaluate(ganpipes)
+    assert result["mode_classifier"] == "evaluator"
+    assert result["modes_captured"] == result["mode_count_ways"]["ways"]["evaluator_running-stats"]["modes_captured"]
+    assert np.array_equal(images, sampling.to_uint8(sampling.sample(generator, 512, seed=seed)))
+    assert result["mode_count_ways"]["ways"] == ways  # the four counts do not depend on which is the headline
+
+
+def test_the_benchmarks_recount_reports_every_way_and_both_counters_on_real_test_triples(instrument, mnist,
+                                                                                         released_counter):
+    """Issue 32 items 2 and 3 where the study reads them: --recount's table gives each saved generator's four counts
+    and the counters' agreement on its samples, and both counters on real stacked test triples with their agreement."""
+    import runpy
+
+    import torch
+
+    from pipeline.gan.variants import build_generator
+    from pipeline.instrument import evaluator
+    from pipeline.instrument.stacked import ModeClassifier, real_counts_by_classifier
+
+    model, _ = instrument
+    bench = runpy.run_path(str(REPO / "benchmarks/stacked_mnist.py"), run_name="benchmark")
+    variant = table3_variant("dcgan-quarter-d")
+    torch.manual_seed(0)
+    generator = build_generator(variant, 3)
+    classifiers = {"evaluator": ModeClassifier("evaluator", model, evaluator.embed(model, mnist.x_test[:2000]).predicted),
+                   "released-cnn": released_counter}
+    counted = bench["Counter"](classifiers, variant, 256).every_way(generator, 3)
+    real = real_counts_by_classifier({n: c.test_predicted for n, c in classifiers.items()}, 2000, mnist.y_test[:2000])
+    text = bench["ways_table"]({"recount": [{"preset": "dcgan-quarter-d", "step": 8000, "seed": 3, **counted}],
+                                "real": real})
+    header, _, row = text.splitlines()[:3]
+    assert "| evaluator_running-stats | released-cnn_running-stats | evaluator_batch-stats | released-cnn_batch-stats |" \
+        in header and "same triple, batch-stats" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["`dcgan-quarter-d`", "8,000", "3"]
+    assert cells[3:7] == [str(counted["ways"][w]["modes_captured"]) for w in (
+        "evaluator_running-stats", "released-cnn_running-stats", "evaluator_batch-stats", "released-cnn_batch-stats")]
+    assert cells[8] == f"{counted['agreement']['batch-stats']:.3f}"
+    # on real triples two different classifiers read most triples alike, each mostly right, and the table says so
+    assert 0.5 < real["agreement"] < 1 and real["released-cnn"]["triples_read_right"] > 0.4
+    assert f"both read the same triple in {real['agreement']:.4f}" in text
+    assert f"released-cnn {real['released-cnn']['modes_captured']} modes" in text
