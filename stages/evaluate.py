@@ -9,7 +9,7 @@ from pipeline.common import atomic, cpu_threads, layout, mlflow_store, tables
 from pipeline.common.console import StageProgress, quiet_mlflow, run_main
 from pipeline.common.params import load_params
 from pipeline.gan.generator_file import load_generators
-from pipeline.instrument import evaluator, reference, stacked
+from pipeline.instrument import evaluator, mode_counter, reference, stacked
 from pipeline.instrument.replica_summary import replica_rows
 from pipeline.runs import replica_evaluation, replica_tracking
 from pipeline.reports.figures import save_png
@@ -26,13 +26,14 @@ def main() -> None:
     classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
     calibration = json.loads(layout.CALIBRATION.read_text())
     is_stacked = params.dataset == "stacked-mnist"
+    released_counter = mode_counter.load(layout.MODE_COUNTER) if is_stacked else None  # PacGAN's, for the mode counts
     n = replica_evaluation.sample_count(params)
     live = sum(rep.generator is not None for rep in replicas)
     # One step per live replica (sample and measure); without a terminal each is one plain log line.
     with quiet_mlflow(), StageProgress(f"evaluate {params.model} x{live} ({n} samples each)", live) as bar:
         evaluation = replica_evaluation.evaluate_replicas(
             params, replicas, variant.conditional, classifier, ref, calibration,
-            tables.read_csv(layout.COLLAPSE_CURVE), progress=bar.update,
+            tables.read_csv(layout.COLLAPSE_CURVE), progress=bar.update, released_counter=released_counter,
         )
 
     evaluated = evaluation.evaluated

@@ -10,7 +10,7 @@ from pipeline.data.mnist import load_prepared
 from pipeline.gan.generator_file import save_generators
 from pipeline.runs.training_run import checkpoint_path, finish_run, train_tracked
 from pipeline.gan.training_summary import train_metrics
-from pipeline.instrument import evaluator, reference
+from pipeline.instrument import evaluator, mode_counter, reference
 
 
 def main() -> None:
@@ -21,11 +21,14 @@ def main() -> None:
     data = load_prepared(layout.PREPARED)
     stacked = stacked_mnist.load(layout.STACKED) if params.dataset == "stacked-mnist" else None
     classifier, ref = evaluator.load(layout.CLASSIFIER), reference.load(layout.REFERENCE)
+    # the in-training mode count reads channels with the preset's classifier (PacGAN's Table 3: their counter)
+    counts_released = stacked is not None and params.variant.mode_count_classifier == "released-cnn"
+    mode_classifier = mode_counter.load(layout.MODE_COUNTER).model if counts_released else None
     # Losses and checks beside the bar are the median over the live replicas.
     with quiet_mlflow(), StageProgress(f"train {params.model} x{params.replicas}", params.variant.iterations) as bar:
         result = train_tracked(
             params, root, data, classifier, ref, progress=lambda done, total, **latest: bar.update(done, **latest),
-            stacked=stacked,
+            stacked=stacked, mode_classifier=mode_classifier,
         )
     with run_lifecycle.run_outcome(result.run_id):  # interrupted while saving: KILLED, never FINISHED
         diverged = [result.diverged.get(r) for r in range(params.replicas)]

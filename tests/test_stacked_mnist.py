@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,7 +75,7 @@ def test_channel_digits_reads_each_channel_in_order(instrument, small_mnist):
 
 def test_real_stacked_test_triples_capture_nearly_all_modes_with_kl_near_zero(instrument):
     _, ref = instrument
-    real = real_mode_baseline(ref, 26000)  # the papers' sample count, read by the evaluator
+    real = real_mode_baseline(ref.test_predicted, 26000)  # the papers' sample count, read by the evaluator
     assert real["modes_captured"] >= 995
     assert real["mode_kl"] < 0.05  # sampling noise (~999 / 52000 = 0.019) plus classifier error
 
@@ -192,14 +193,26 @@ def test_a_conditional_preset_is_refused_for_stacked_mnist():
     check("mnist", "cgan", conditional=True)  # fine on MNIST
 
 
+def stacked_params(iterations: int = 60) -> dict:
+    """tiny_params with a mode counter small enough for a test (theirs: 20 epochs of 60,000 digits)."""
+    params = tiny_params(iterations)
+    params["mode_counter"].update(epochs=1, train_subset=3000)
+    return params
+
+
 @pytest.mark.slow
 def test_dvc_exp_run_on_stacked_mnist_reports_modes_in_metrics_and_mlflow(tmp_path, shared_cache):
     from .conftest import dvc, new_repo, runs
 
-    repo = new_repo(tmp_path / "repo", tiny_params(), shared_cache)
+    repo = new_repo(tmp_path / "repo", stacked_params(), shared_cache)
     dvc(repo, "exp", "run", "-S", "dataset=stacked-mnist", "-S", "model=dcgan", timeout=1200)
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
     assert 1 <= metrics["modes_captured"] <= 1000 and 0 <= metrics["mode_kl"] <= math.log(1000) + 1e-9
+    # dcgan's headline is today's count; PacGAN's counter (trained by the mode_counter stage) counts beside it
+    assert metrics["modes_captured"] == metrics["modes_captured_evaluator_running-stats"]
+    assert 1 <= metrics["modes_captured_released-cnn_batch-stats"] <= 1000
+    assert 0 <= metrics["counter_agreement_running-stats"] <= 1
+    assert json.loads((repo / "metrics/mode_counter.json").read_text())["trained"] is True
     assert metrics["real_modes_captured"] > 550  # 1,000 real samples over 1,000 modes: about 632 expected
     assert "fld" in metrics and "class_coverage" in metrics
     with np.load(repo / "outputs/evaluate/samples.npz") as f:
@@ -221,7 +234,7 @@ def test_a_table3_preset_runs_through_dvc_with_its_protocol_and_a_modes_curve(tm
     curve, MLflow and DVC's plot."""
     from .conftest import dvc, new_repo, runs
 
-    params = tiny_params(iterations=40)
+    params = stacked_params(iterations=40)
     repo = new_repo(tmp_path / "repo", params, shared_cache)
     preset = "pacdcgan2-quarter-d"
     dvc(repo, "exp", "run", "-S", "dataset=stacked-mnist", "-S", f"model={preset}",
@@ -230,6 +243,9 @@ def test_a_table3_preset_runs_through_dvc_with_its_protocol_and_a_modes_curve(tm
         assert f["images"].shape == (1200, 3, 28, 28)  # the preset's count, not stacked_mnist.eval_samples (1000)
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
     assert 1 <= metrics["modes_captured"] <= 1000 and metrics["real_modes_captured"] > 600  # ~699 expected at 1,200
+    # the headline is the published protocol's: PacGAN's counter on batch-statistics samples
+    assert metrics["modes_captured"] == metrics["modes_captured_released-cnn_batch-stats"]
+    assert {f"modes_captured_{c}_{s}" for c in ("evaluator", "released-cnn") for s in ("running-stats", "batch-stats")} <= set(metrics)
     curve = pd.read_csv(repo / "outputs/train/collapse_curve.csv")
     assert sorted(curve["step"].unique()) == [20, 40] and sorted(curve["replica"].unique()) == [0, 1]
     assert curve["modes_captured"].between(1, 1000).all()
@@ -269,11 +285,394 @@ def test_the_benchmark_sets_its_rows_beside_the_published_ones_with_the_contrast
     out = subprocess.run([sys.executable, str(REPO / "benchmarks/stacked_mnist.py"), "--report",
                           str(tmp_path / "a.json"), str(tmp_path / "b.json")],
                          capture_output=True, text=True, check=True, timeout=120).stdout
-    assert "| DCGAN, D = 0.25G | 78.5 ± 17.56 | 5.21 ± 0.19 | PacGAN Table 3, 50 trials, 500,000 iterations |" in out
+    assert "| DCGAN, D = 0.25G | 78.5 ± 17.56 | 5.21 ± 0.19 | — | PacGAN Table 3, 50 trials, 500,000 iterations |" in out
     assert "| PacDCGAN2, D = 0.25G | 484.5 ± 32.99 | 2.61 ± 0.22 |" in out
-    assert "| ganpipe `dcgan-quarter-d` | 20.0 ± 5.8 | 2.00 ± 0.00 | ganpipe, 3 seeds (0 diverged), 2,000 iterations" in out
+    assert "| ganpipe `dcgan-quarter-d` | 20.0 ± 5.8 | 2.00 ± 0.00 | 10, 20, 30 | ganpipe, 3 seeds (0 diverged), 2,000 iterations" in out
     assert "| ganpipe `pacdcgan2-quarter-d` | 200.0 ± 57.7 |" in out and "25,600 samples, cpu, 1 thread(s)" in out
     # 100, 200, 300 against 10, 20, 30: +180, but with 3 seeds a Welch interval wide enough to hold 0
-    # (t with 2.04 degrees of freedom); the ranks are fully apart, the smallest exact p 3 against 3 allows
-    assert "| `pacdcgan2-quarter-d` − `dcgan-quarter-d` | +180.0 [-65.0, +425.0] | U = 9, p = 0.100 |" in out
+    # (t with 2.04 degrees of freedom); resampling 3 seeds each, the bootstrap interval is narrow and stays above 0
+    # (a percentile bootstrap is optimistic at so few seeds); the ranks are
+    # fully apart, the smallest exact p 3 against 3 allows
+    assert "| `pacdcgan2-quarter-d` − `dcgan-quarter-d` | +180.0 [-65.0, +425.0] [+83.3, +276.7] | U = 9, p = 0.100 |" in out
     assert "| 1,000 | 6.0 ± 0.6 | 60.0 ± 5.8 |" in out and "| 2,000 | 20.0 ± 5.8 | 200.0 ± 57.7 |" in out
+
+
+# --- PacGAN's protocol: their counter, batch-statistics sampling, every way of counting (issue 32) -----------
+
+
+def counter_settings(**changes):
+    from pipeline.common.params import ModeCounterParams
+
+    return ModeCounterParams.model_validate({**tiny_params()["mode_counter"], **changes})
+
+
+def test_the_released_counter_has_their_layers_and_sizes():
+    import torch
+
+    from pipeline.instrument.mode_counter import PortableDropout, ReleasedCNN
+
+    model = ReleasedCNN()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 32, (3, 3), (0, 0)), (32, 64, (3, 3), (0, 0))]  # Keras' Conv2D: valid padding
+    assert [m.rate for m in model.modules() if isinstance(m, PortableDropout)] == [0.25, 0.5]
+    dense = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert dense == [(64 * 12 * 12, 128), (128, 10)]  # 28 -> 26 -> 24 -> pooled 12
+    # Keras' summary of mnist_cnn: 320 + 18,496 + 1,179,776 + 1,290 weights
+    assert sum(p.numel() for p in model.parameters()) == 1_199_882
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    fan = convs[1].weight[0].numel() + convs[1].weight.shape[0] * 9  # Glorot: limit sqrt(6 / (fan_in + fan_out))
+    assert float(convs[1].weight.detach().abs().max()) <= (6 / fan) ** 0.5
+    assert model.features(torch.rand(2, 1, 28, 28)).shape == (2, 128) and model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_one_training_step_is_kerass_adadelta_on_the_clipped_crossentropy(mnist):
+    """train_counter's first step, recomputed by hand with Keras' update rule and loss (not torch's Adadelta)."""
+    import torch
+
+    from pipeline.instrument import mode_counter
+
+    settings = counter_settings(epochs=1, batch_size=64, train_subset=64, seed=7)
+    x, y = mode_counter.training_digits(mnist.x_train, mnist.y_train, settings)
+    trained = mode_counter.train_counter(x, y, settings)
+    torch.manual_seed(7)  # what train_counter seeds: the weights, then the dropout masks
+    model = mode_counter.ReleasedCNN()
+    before = [p.detach().clone() for p in model.parameters()]
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(7))
+    images = torch.from_numpy(x).float().div(255).reshape(-1, 1, 28, 28)[order]
+    probs = torch.softmax(model(images), 1).clamp(1e-7, 1 - 1e-7)  # keras.backend categorical_crossentropy
+    loss = -probs.gather(1, torch.from_numpy(y.astype("int64"))[order][:, None]).log().mean()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    rho, eps, lr = settings.rho, settings.eps, settings.lr
+    for p0, g, p1 in zip(before, grads, trained.parameters()):
+        accumulated = (1 - rho) * g * g  # Keras: a = rho a + (1 - rho) g², from a = 0
+        update = g * (0 + eps) ** 0.5 / (accumulated + eps).sqrt()  # sqrt(d_a + eps) / sqrt(a + eps) g, from d_a = 0
+        torch.testing.assert_close(p1.detach(), p0 - lr * update, rtol=1e-5, atol=1e-7)
+    assert (settings.lr, settings.rho, settings.eps) == (1.0, 0.95, 1e-8)  # keras.optimizers.Adadelta() of Keras 2.0
+
+
+def test_the_crossentropy_clips_as_keras_so_a_sure_right_answer_stops_learning():
+    import math
+
+    import torch
+
+    from pipeline.instrument.mode_counter import keras_crossentropy
+
+    logits = torch.tensor([[40.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    loss = keras_crossentropy(logits, torch.tensor([0, 1]))
+    loss.backward()
+    assert loss.item() == pytest.approx((-math.log(1 - 1e-7) + math.log(3)) / 2, rel=1e-5)
+    assert logits.grad[0].abs().max() == 0  # beyond the clip: no gradient, as Keras' clip gives none
+    assert logits.grad[1].abs().max() > 0
+
+
+def test_portable_dropout_is_the_float64_recipe_and_torchs_own_dropout_off_intel():
+    import torch
+
+    from pipeline.instrument.mode_counter import PortableDropout
+
+    x = torch.randn(32, 500)
+    torch.manual_seed(4)
+    dropped = PortableDropout(0.25).train()(x)
+    torch.manual_seed(4)
+    keep = torch.rand(x.shape, dtype=torch.float64) < 0.75
+    assert torch.equal(dropped, x * keep.float().div(0.75))
+    assert 0.70 < (dropped != 0).float().mean() < 0.80 and torch.equal(PortableDropout(0.25).eval()(x), x)
+    if "GenuineIntel" not in Path("/proc/cpuinfo").read_text():  # where torch draws its masks from mt19937, not MKL
+        torch.manual_seed(4)
+        assert torch.equal(dropped, torch.nn.functional.dropout(x, 0.25, training=True))
+
+
+def test_batch_statistics_sampling_normalises_each_batch_of_128_as_their_sampler():
+    import copy
+
+    import torch
+
+    from pipeline.gan import sampling
+    from pipeline.gan.networks import unrolled
+
+    torch.manual_seed(0)
+    generator = unrolled.Generator(256, 8, channels=3, output_activation="tanh")
+    generator.train()
+    with torch.no_grad():  # some training, so the running statistics are not those of an untrained G
+        for _ in range(3):
+            generator(torch.randn(128, 256) * 3 + 1)
+    before = copy.deepcopy(generator.state_dict())
+    norm = generator.net[2]
+    seen = []
+    hook = norm.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach())))
+    drawn = sampling.sample(generator, 256, seed=5, batch_stats=True, batch_size=128)
+    hook.remove()
+    z = torch.randn(256, 256, generator=torch.Generator().manual_seed(5))
+    reference = copy.deepcopy(generator).train()
+    with torch.no_grad():  # their sampler: G in training mode on each batch of 128 of the fixed noise
+        expected = torch.cat([reference(z[:128]), reference(z[128:])])
+    np.testing.assert_array_equal(drawn, ((expected + 1) / 2).reshape(256, 3, 28, 28).numpy())
+    assert len(seen) == 2  # one normalisation per batch, over that batch's own statistics (biased variance)
+    x, y = seen[0]
+    mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(y, (x - mean) / (var + 1e-5).sqrt(), rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(v, generator.state_dict()[k]) for k, v in before.items())  # running statistics untouched
+    eval_mode = sampling.sample(generator, 256, seed=5)
+    assert np.abs(eval_mode - drawn).max() > 0.05  # the same weights and noise draw other images
+    # a sample depends on the other samples of its batch: the first 128 of 256 are not the 128 of a batch of 64s
+    assert not np.array_equal(drawn[:64], sampling.sample(generator, 64, seed=5, batch_stats=True, batch_size=64))
+
+
+def test_every_way_of_counting_and_the_counters_agreement(instrument, small_mnist):
+    from pipeline.instrument.stacked import CLASSIFIERS, count_ways, real_counts_by_classifier, way
+
+    model, _ = instrument
+    stacked = stacked_mnist.build(small_mnist.y_test, 500, seed=3)
+    real = stacked_mnist.materialise(small_mnist.x_test, stacked.indices)
+    shuffled = real[np.random.default_rng(0).permutation(500)]
+    counted = count_ways(lambda how: real if how == "running-stats" else shuffled[:100],
+                         {"evaluator": model, "released-cnn": model})
+    assert set(counted["ways"]) == {way(c, s) for c in CLASSIFIERS for s in ("running-stats", "batch-stats")}
+    assert counted["ways"]["evaluator_running-stats"] == counted["ways"]["released-cnn_running-stats"]
+    assert counted["agreement"] == {"running-stats": 1.0, "batch-stats": 1.0}  # one classifier twice agrees
+    assert counted["ways"]["evaluator_batch-stats"]["modes_captured"] <= 100 < counted["ways"]["evaluator_running-stats"]["modes_captured"]
+    # two classifiers that differ on some digits: the agreement is the share of triples read alike
+    wrong = small_mnist.y_test.copy()
+    wrong[small_mnist.y_test == 7] = 1  # a counter that reads every 7 as a 1
+    compared = real_counts_by_classifier({"evaluator": small_mnist.y_test, "released-cnn": wrong}, 2000, small_mnist.y_test)
+    triples = stacked_mnist.build(small_mnist.y_test, 2000, 12).indices  # the yardstick's fixed stream
+    no_seven = float(np.mean((small_mnist.y_test[triples] != 7).all(axis=1)))
+    assert compared["evaluator"]["triples_read_right"] == 1.0 and compared["agreement"] == pytest.approx(no_seven, abs=1e-6)
+    assert compared["released-cnn"]["modes_captured"] < compared["evaluator"]["modes_captured"]  # no triple holds a 7
+
+
+def test_the_mode_counter_stage_writes_a_marker_for_mnist_that_loading_explains(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.instrument import mode_counter
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))  # dataset: mnist
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "stages.mode_counter"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "metrics/mode_counter.json").read_text())["trained"] is False
+    marker = tmp_path / "outputs/mode_counter/classifier.pt"
+    assert marker.stat().st_size < 2_000  # a marker, not a 4.8 MB classifier
+    with pytest.raises(GanpipeError) as refused:
+        mode_counter.load(marker)
+    message = str(refused.value)
+    assert "dataset is mnist" in message and "dvc exp run -S dataset=stacked-mnist mode_counter" in message
+    assert "\n" not in message
+
+
+def test_the_benchmark_trains_for_the_presets_own_iterations_unless_told():
+    import argparse
+    import runpy
+
+    from pipeline.common.params import load_params
+
+    bench = runpy.run_path(str(REPO / "benchmarks/stacked_mnist.py"), run_name="benchmark")
+    variants = load_params(REPO / "params.yaml").variants
+    given = lambda **kw: argparse.Namespace(**{"iterations": None, "epochs": None, **kw})  # noqa: E731
+    assert [bench["iterations_for"](given(), variants[p]) for p in ("dcgan-quarter-d", "pacdcgan4-half-d")] == [500_000] * 2
+    assert bench["iterations_for"](given(epochs=50), variants["dcgan"]) == 100_000  # Table 2's 50 epochs at batch 64
+    assert bench["iterations_for"](given(iterations=8000, epochs=50), variants["pacdcgan2-quarter-d"]) == 8000
+    assert "Needs the prepared MNIST" in bench["__doc__"] and "50 epochs of" not in bench["__doc__"].split("\n\n")[0]
+
+
+# --- issue 32, end to end at tiny budgets: the released code's real triples, and the counts a run reports --------
+
+
+@pytest.fixture(scope="module")
+def released_counter(mnist):
+    """PacGAN's counter architecture and training at a test's budget (theirs: 20 epochs of 60,000 digits), with
+    its reading of the first 2,000 MNIST test images (the real-data yardstick; all 10,000 cost 8 s on 2 cores)."""
+    from pipeline.instrument import evaluator, mode_counter
+    from pipeline.instrument.stacked import ModeClassifier
+
+    settings = counter_settings(epochs=2, train_subset=3000, seed=0)
+    model = mode_counter.train_counter(*mode_counter.training_digits(mnist.x_train, mnist.y_train, settings), settings)
+    return ModeClassifier("released-cnn", model, evaluator.embed(model, mnist.x_test[:2000]).predicted)
+
+
+def table3_variant(name: str, **changes):
+    from pipeline.common.params import VariantParams
+
+    from .conftest import repo_params
+
+    return VariantParams.model_validate({**repo_params()["variants"][name], **changes})
+
+
+def real_batches_d_saw(variant, rows, labels, iterations: int) -> torch.Tensor:
+    """The real images (N, 3 x 784) in [0, 1] that D judged over `iterations` iterations of one replica."""
+    import torch
+
+    from pipeline.gan.trainer import Trainer
+
+    trainer = Trainer(variant, rows, labels, [0], batched=False)
+    seen: list[torch.Tensor] = []
+    trainer.critic.base.features.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].detach().clone()))
+    trainer.advance(iterations)
+    real = torch.cat(seen[0::3])  # separate passes: a real batch, a fake batch, then the G step's fake batch
+    return (real + 1) / 2 if variant.output_activation == "tanh" else real
+
+
+def test_a_table3_preset_trains_on_triples_drawn_afresh_from_all_60000_digits_not_the_stack_stages_set(mnist):
+    """Issue 32 item 6: their generate_stacked_mnist draws every channel of every batch from all of MNIST; with
+    `real_triples: fixed-set` (every other preset) D only ever sees the `stack` stage's triples."""
+    import torch
+
+    from pipeline.data.training_set import training_rows
+
+    cpu = torch.device("cpu")
+    stack = stacked_mnist.build(mnist.y_train, 40, seed=0)  # a stack stage of 40 triples, so leaving it shows
+    in_set = torch.from_numpy(stacked_mnist.materialise(mnist.x_train, stack.indices).reshape(40, -1)).float() / 255
+
+    def distance_to_the_set(real: torch.Tensor) -> torch.Tensor:
+        # 0 where an image is one of the 40 triples, up to the rounding of tanh's 2 x - 1 and back; two different
+        # triples lie several units apart
+        return torch.cdist(real, in_set).min(dim=1).values
+
+    preset = table3_variant("dcgan-quarter-d", batch_size=16)
+    assert preset.real_triples == "fresh"
+    rows, labels = training_rows(mnist, cpu, stack, preset.real_triples)
+    assert len(rows) == 60_000 and rows.index_shape == (3,)  # an image is three row numbers into all of MNIST
+    fresh = real_batches_d_saw(preset, rows, labels, iterations=3)
+    assert fresh.shape == (48, 3 * 784) and bool((distance_to_the_set(fresh) > 1).all())
+    assert not torch.equal(fresh[:16], fresh[16:32])  # new triples every batch
+
+    fixed = table3_variant("dcgan-quarter-d", batch_size=16, real_triples="fixed-set")  # the field alone changed
+    rows, labels = training_rows(mnist, cpu, stack, fixed.real_triples)
+    assert len(rows) == 40
+    assert float(distance_to_the_set(real_batches_d_saw(fixed, rows, labels, iterations=3)).max()) < 0.05
+
+
+def test_the_mode_counter_stage_trains_their_cnn_for_stacked_mnist_and_reports_its_test_accuracy(tmp_path, mnist):
+    """Issue 32 item 3: the stage trains the released architecture for a Stacked MNIST pipeline, keeps its weights
+    (a DVC out, cached like the evaluator's) and reports its accuracy; the evaluate stage reads it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.common import atomic
+    from pipeline.instrument import mode_counter
+
+    params = tiny_params()
+    params["dataset"] = "stacked-mnist"
+    params["mode_counter"].update(epochs=1, train_subset=None)  # null: every training digit there is (theirs: 60,000)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    atomic.save_npz(tmp_path / "data/prepared/mnist.npz", x_train=mnist.x_train[:1500], y_train=mnist.y_train[:1500],
+                    x_test=mnist.x_test[:2000], y_test=mnist.y_test[:2000])  # subsets keep the test fast
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "stages.mode_counter"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "metrics/mode_counter.json").read_text())
+    assert metrics["trained"] is True and metrics["digits"] == 1500 and 0.5 < metrics["test_accuracy"] <= 1
+    counter = mode_counter.load(tmp_path / "outputs/mode_counter/classifier.pt")
+    assert counter.name == "released-cnn" and isinstance(counter.model, mode_counter.ReleasedCNN)
+    assert counter.test_predicted.shape == (2000,)  # its reading of every test digit: the real-data yardstick
+    assert float((counter.test_predicted == mnist.y_test[:2000]).mean()) == pytest.approx(metrics["test_accuracy"], abs=1e-5)
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages["mode_counter"]["outs"] == ["outputs/mode_counter/classifier.pt"]  # cached (no cache: false)
+    assert all("outputs/mode_counter/classifier.pt" in stages[s]["deps"] for s in ("train", "evaluate"))
+
+
+def test_the_evaluate_stage_counts_a_table3_run_every_way_with_the_published_protocol_as_headline(instrument, small_mnist,
+                                                                                                   released_counter):
+    """Issue 32 items 2 and 3 as a run reports them: the four (classifier, sampling) counts and the two counters'
+    agreement beside the headline, which for a Table 3 preset is their counter on samples drawn with G's batch norm
+    on each batch of 128 (the preset's fields); with the fields set to ganpipe's, the headline is the evaluator's."""
+    import torch
+
+    from pipeline.common.params import parse_params
+    from pipeline.gan import sampling
+    from pipeline.gan.generator_file import ReplicaGenerator
+    from pipeline.gan.replicas import replica_seed
+    from pipeline.gan.trainer import Trainer
+    from pipeline.instrument import stacked
+    from pipeline.instrument.calibration import calibrate
+    from pipeline.runs.replica_evaluation import evaluate_replicas
+
+    model, ref = instrument
+    preset = "pacdcgan2-quarter-d"
+    raw = tiny_params()
+    raw.update(dataset="stacked-mnist", model=preset)
+    raw["variants"][preset]["stacked_eval_samples"] = 512
+    params = parse_params(raw)
+    rows = stacked_mnist.FreshStackedRows(torch.from_numpy(small_mnist.x_train[:3000].reshape(3000, -1)).float() / 255)
+    trainer = Trainer(params.variant, rows, torch.zeros(3000, dtype=torch.long), [7], batched=False)
+    trainer.advance(3)  # a few steps, so G's running statistics are its own and not the initial ones
+    generator = trainer.replica_generator(0)
+    calibration = calibrate(ref, params.evaluate, seed=0)
+
+    def evaluate(p):
+        evaluation = evaluate_replicas(p, [ReplicaGenerator(0, 7, generator, None)], False, model, ref, calibration,
+                                       None, released_counter=released_counter)
+        return evaluation.outcomes[0].result, evaluation.first_samples[0]
+
+    result, images = evaluate(params)
+    ways = result["mode_count_ways"]["ways"]
+    assert set(ways) == {stacked.way(c, s) for c in stacked.CLASSIFIERS for s in stacked.SAMPLINGS}
+    assert result["mode_classifier"] == "released-cnn"
+    assert result["modes_captured"] == ways["released-cnn_batch-stats"]["modes_captured"]
+    # the headline samples: G's batch norm on each batch of 128 (a pack of 2 trains G on 2 calls of 128), not 256
+    seed = replica_seed(params.seed, 0)
+    theirs = sampling.to_uint8(sampling.sample(generator, 512, seed=seed, batch_stats=True, batch_size=128))
+    assert np.array_equal(images, theirs)
+    assert not np.array_equal(images, sampling.to_uint8(sampling.sample(generator, 512, seed=seed, batch_stats=True,
+                                                                        batch_size=256)))
+    agreement = result["mode_count_ways"]["agreement"]
+    assert set(agreement) == set(stacked.SAMPLINGS) and all(0 <= a <= 1 for a in agreement.values())  # G is 3 steps old
+    # metrics/evaluate.json and MLflow carry every way flat, beside the headline
+    metrics = stacked.summary([result])
+    assert {f"modes_captured_{w}" for w in ways} | {"counter_agreement_running-stats", "counter_agreement_batch-stats"} \
+        <= set(metrics)
+    assert metrics["modes_captured"] == metrics["modes_captured_released-cnn_batch-stats"]
+
+    ganpipes = params.model_copy(update={"variants": {**params.variants, preset: params.variant.model_copy(
+        update={"mode_count_classifier": "evaluator", "mode_count_sampling": "running-stats"})}})
+    result, images = evaluate(ganpipes)
+    assert result["mode_classifier"] == "evaluator"
+    assert result["modes_captured"] == result["mode_count_ways"]["ways"]["evaluator_running-stats"]["modes_captured"]
+    assert np.array_equal(images, sampling.to_uint8(sampling.sample(generator, 512, seed=seed)))
+    assert result["mode_count_ways"]["ways"] == ways  # the four counts do not depend on which is the headline
+
+
+def test_the_benchmarks_recount_reports_every_way_and_both_counters_on_real_test_triples(instrument, mnist,
+                                                                                         released_counter):
+    """Issue 32 items 2 and 3 where the study reads them: --recount's table gives each saved generator's four counts
+    and the counters' agreement on its samples, and both counters on real stacked test triples with their agreement."""
+    import runpy
+
+    import torch
+
+    from pipeline.gan.variants import build_generator
+    from pipeline.instrument import evaluator
+    from pipeline.instrument.stacked import ModeClassifier, real_counts_by_classifier
+
+    model, _ = instrument
+    bench = runpy.run_path(str(REPO / "benchmarks/stacked_mnist.py"), run_name="benchmark")
+    variant = table3_variant("dcgan-quarter-d")
+    torch.manual_seed(0)
+    generator = build_generator(variant, 3)
+    classifiers = {"evaluator": ModeClassifier("evaluator", model, evaluator.embed(model, mnist.x_test[:2000]).predicted),
+                   "released-cnn": released_counter}
+    counted = bench["Counter"](classifiers, variant, 256).every_way(generator, 3)
+    real = real_counts_by_classifier({n: c.test_predicted for n, c in classifiers.items()}, 2000, mnist.y_test[:2000])
+    text = bench["ways_table"]({"recount": [{"preset": "dcgan-quarter-d", "step": 8000, "seed": 3, **counted}],
+                                "real": real})
+    header, _, row = text.splitlines()[:3]
+    assert "| evaluator_running-stats | released-cnn_running-stats | evaluator_batch-stats | released-cnn_batch-stats |" \
+        in header and "same triple, batch-stats" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["`dcgan-quarter-d`", "8,000", "3"]
+    assert cells[3:7] == [str(counted["ways"][w]["modes_captured"]) for w in (
+        "evaluator_running-stats", "released-cnn_running-stats", "evaluator_batch-stats", "released-cnn_batch-stats")]
+    assert cells[8] == f"{counted['agreement']['batch-stats']:.3f}"
+    # on real triples two different classifiers read most triples alike, each mostly right, and the table says so
+    assert 0.5 < real["agreement"] < 1 and real["released-cnn"]["triples_read_right"] > 0.4
+    assert f"both read the same triple in {real['agreement']:.4f}" in text
+    assert f"released-cnn {real['released-cnn']['modes_captured']} modes" in text

@@ -16,6 +16,8 @@ EVALUATOR_DIR = Path("outputs/evaluator")
 CLASSIFIER = EVALUATOR_DIR / "classifier.pt"
 REFERENCE = EVALUATOR_DIR / "reference.npz"
 CALIBRATION = Path("outputs/calibration/calibration.json")
+# PacGAN's released mode counter (Stacked MNIST), or a marker saying why it was not trained (pipeline/instrument/mode_counter.py)
+MODE_COUNTER = Path("outputs/mode_counter/classifier.pt")
 
 TRAIN_DIR = Path("outputs/train")
 GENERATOR = TRAIN_DIR / "generator.pt"
@@ -40,6 +42,7 @@ REPLICA_GRIDS = EVALUATE_DIR / "grids"  # replica_<r>.png, every evaluated repli
 
 METRICS_DIR = Path("metrics")
 EVALUATOR_METRICS = METRICS_DIR / "evaluator.json"
+MODE_COUNTER_METRICS = METRICS_DIR / "mode_counter.json"
 TRAIN_METRICS = METRICS_DIR / "train.json"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 

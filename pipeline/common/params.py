@@ -80,6 +80,25 @@ class VariantParams(Strict):
     arch: Literal["mlp", "dcgan", "unrolled"]
     pack: PositiveInt  # PacGAN's m: D judges m samples at once; 1: no packing
     spectral_norm: bool
+    # How PacGAN's released Table 3 code trains and counts, one field per difference, so the other presets keep
+    # their trained bytes (docs/results.md, "PacGAN's Table 3 setting").
+    # G's last activation and the pixel range both nets train on: sigmoid, [0, 1]; tanh, [-1, 1] (real images
+    # rescaled to it). Samples handed to the instrument are [0, 1] either way. tanh: the unrolled family only.
+    output_activation: Literal["sigmoid", "tanh"]
+    # How a packed G draws its batch-norm batches: joint, one call on the batch's batch_size samples; per-position,
+    # one call of batch_size / pack samples per position in the pack (pack k holds sample k of each call).
+    generator_pack_batches: Literal["joint", "per-position"]
+    # The noise of the G step: fresh, its own draw; critic-step, the last D step's noise again.
+    generator_step_noise: Literal["fresh", "critic-step"]
+    # Stacked MNIST's real images: fixed-set, drawn from the `stack` stage's stacked_mnist.size triples; fresh,
+    # each channel drawn anew from the 60,000 training digits for every batch. MNIST: no effect.
+    real_triples: Literal["fixed-set", "fresh"]
+    # The Stacked MNIST mode count this preset reports as modes_captured / mode_kl (all four are reported):
+    # which classifier reads each channel (evaluator: the instrument's; released-cnn: PacGAN's released counter,
+    # the mode_counter stage), and how G's batch norm normalises while sampling (running-stats: evaluation mode;
+    # batch-stats: each batch's own statistics, batches the size of G's batch-norm batch in training).
+    mode_count_classifier: Literal["evaluator", "released-cnn"]
+    mode_count_sampling: Literal["running-stats", "batch-stats"]
 
     @field_validator("gradient_penalty")
     @classmethod
@@ -110,6 +129,17 @@ class VariantParams(Strict):
             )
         return clip
 
+    @field_validator("output_activation")
+    @classmethod
+    def _tanh_is_the_unrolled_familys(cls, activation: str, info: ValidationInfo) -> str:
+        arch = info.data.get("arch")
+        if activation == "tanh" and arch not in (None, "unrolled"):
+            raise ValueError(
+                f"a tanh output ([-1, 1] pixels, PacGAN's released Table 3 code) is built for arch unrolled only; the "
+                f"{arch} family ends in a sigmoid: set output_activation to sigmoid, or arch to unrolled"
+            )
+        return activation
+
     @field_validator("pack")
     @classmethod
     def _packs_fill_the_batch(cls, pack: int, info: ValidationInfo) -> int:
@@ -125,6 +155,12 @@ class VariantParams(Strict):
                 "sample, a packed critic scores packs): set pack to 1 or gradient_penalty to null"
             )
         return pack
+
+    @property
+    def generator_norm_batch(self) -> int:
+        """Samples G's batch norm normalises together in training: the batch-stats sampling batch (128 for every
+        PacGAN Table 3 preset, the size of their sampler's batch)."""
+        return self.batch_size // self.pack if self.generator_pack_batches == "per-position" else self.batch_size
 
 
 class ComputeParams(Strict):
@@ -152,6 +188,19 @@ class EvaluatorParams(Strict):
     kmeans_fit_size: PositiveInt
     seed: NonNegativeInt
     threads: PositiveInt  # CPU threads of every torch computation outside the training loop (cpu_threads.py)
+
+
+class ModeCounterParams(Strict):
+    """PacGAN's released mode-count classifier (their train_mnist.py, Keras' mnist_cnn example): trained by the
+    mode_counter stage when the dataset is stacked-mnist, and read by the Stacked MNIST mode count."""
+
+    epochs: PositiveInt  # theirs: 20
+    batch_size: PositiveInt  # theirs: 128
+    lr: PositiveFloat  # Keras' Adadelta defaults (theirs: keras.optimizers.Adadelta()): lr 1.0,
+    rho: Fraction  # rho 0.95,
+    eps: PositiveFloat  # epsilon 1e-8 (Keras 2.0.0-2.1.2; K.epsilon() = 1e-7 from 2.1.3)
+    train_subset: PositiveInt | None  # null: all 60,000 training digits (theirs); a number: that many (tests)
+    seed: NonNegativeInt  # initialisation, shuffles and dropout masks
 
 
 class TrainParams(Strict):
@@ -251,6 +300,7 @@ class Params(Strict):
     compute: ComputeParams
     download: DownloadParams
     evaluator: EvaluatorParams
+    mode_counter: ModeCounterParams
     train: TrainParams
     evaluate: EvaluateParams
     report: ReportParams
@@ -300,7 +350,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         what = "is empty" if raw is None else f"holds {type(raw).__name__} {params_errors.show(raw)}"
         raise GanpipeError(
             f"{source} {what}, but it must hold a mapping of keys to values (model, seed, replicas, "
-            "compute, download, evaluator, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
+            "compute, download, evaluator, mode_counter, train, evaluate, report, variants). Restore it from git (`git checkout params.yaml`) "
             "or fix its top level."
         )
     problems: list[str] = []

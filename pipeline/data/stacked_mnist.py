@@ -73,6 +73,8 @@ class StackedRows:
     index tensor of any shape), so a trainer written for MNIST trains on Stacked MNIST unchanged.
     128,000 images as float32 would be 1.2 GB; this keeps 188 MB of MNIST plus 1.5 MB of indices."""
 
+    index_shape = ()  # an image is one row number into the triples
+
     def __init__(self, mnist_rows, indices):
         import torch
 
@@ -87,6 +89,26 @@ class StackedRows:
     def __getitem__(self, idx):
         picked = self.indices[idx]  # (..., 3) MNIST rows per stacked image
         return self.mnist_rows[picked].reshape(*picked.shape[:-1], self.shape[1])
+
+
+class FreshStackedRows:
+    """Stacked MNIST drawn afresh for every batch, as PacGAN's released Table 3 code draws it (model.py,
+    generate_stacked_mnist: each channel of each image a uniform draw from all 60,000 training digits): an image's
+    index is its three MNIST row numbers, so the trainer's seeded on-device `randint` over (n, 3) draws the batch,
+    with no fixed set and no host round trip. `rows[idx]` for idx (..., 3) gives (..., 3 x 784) pixels."""
+
+    index_shape = (CHANNELS,)
+
+    def __init__(self, mnist_rows):
+        self.mnist_rows = mnist_rows  # (60000, 784) float in [0, 1] on the training device
+        self.shape = (len(mnist_rows), CHANNELS * mnist_rows.shape[1])  # shape[0]: the digits each channel draws from
+        self.device = mnist_rows.device
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        return self.mnist_rows[idx].reshape(*idx.shape[:-1], self.shape[1])
 
 
 def save(path: str | Path, stacked: StackedMNIST) -> None:

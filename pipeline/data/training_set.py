@@ -26,13 +26,17 @@ def check(dataset: str, model: str, conditional: bool) -> None:
         )
 
 
-def training_rows(data: MNIST, device: torch.device, stacked: stacked_mnist.StackedMNIST | None = None):
+def training_rows(data: MNIST, device: torch.device, stacked: stacked_mnist.StackedMNIST | None = None,
+                  real_triples: str = "fixed-set"):
     """(rows, labels) for the trainer: rows index like an (N, C*784) float tensor in [0, 1] on `device`.
-    MNIST without `stacked`; with it, Stacked MNIST, whose labels (N,) are all zero (no single label)."""
+    MNIST without `stacked`; with it, Stacked MNIST, whose labels (N,) are all zero (no single label): the
+    `stack` stage's triples, or with real_triples "fresh" (the preset's field) new triples for every batch."""
     mnist_rows = devices.images_to_device(data.x_train, device)
     labels = torch.from_numpy(data.y_train.astype(np.int64)).to(device)
     if stacked is None:
         return mnist_rows, labels
+    if real_triples == "fresh":
+        return stacked_mnist.FreshStackedRows(mnist_rows), torch.zeros(len(mnist_rows), dtype=torch.int64, device=device)
     if len(stacked) and int(stacked.indices.max()) >= len(mnist_rows):
         raise GanpipeError(
             f"the Stacked MNIST index file points past the {len(mnist_rows)} prepared MNIST training images; it was built from "

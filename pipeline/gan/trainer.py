@@ -105,10 +105,12 @@ class Trainer:
     def _draw(self, n: int, n_eps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Each live replica's batch indices, noise and (WGAN-GP) interpolation weights, from its own RNG."""
         size, z_dim = self.images.shape[0], self.variant.z_dim
+        # an image's index: one row number, or (Stacked MNIST drawn afresh) one MNIST row per channel
+        index_shape = (n, *getattr(self.images, "index_shape", ()))
         idx, z, eps = [], [], []
         for r in self.live:
             rng = self.rngs[r]
-            idx.append(torch.randint(size, (n,), device=self.device, generator=rng))
+            idx.append(torch.randint(size, index_shape, device=self.device, generator=rng))
             z.append(torch.randn(n, z_dim, device=self.device, generator=rng))
             if n_eps:
                 eps.append(torch.rand(n_eps, 1, device=self.device, generator=rng))
@@ -125,9 +127,13 @@ class Trainer:
         idx, z, eps = self._draw((k + 1) * b, 0 if lam is None else k * b)
         y = self._onehot[self.labels[idx]] if v.conditional else None  # (R, (k+1)b, 10)
         real = self.images[idx[:, : k * b]]  # (R, kb, 784)
+        if v.output_activation == "tanh":  # both nets on G's [-1, 1] (PacGAN's Table 3 code)
+            real = real.mul(2.0).sub_(1.0)
+        # the batch-norm batches of G: the whole batch, or one per position of a pack (generator_pack_batches)
+        positions = v.pack if v.generator_pack_batches == "per-position" else 1
 
         def generate(gp, gb, z, y):
-            return G.bind(gp, gb)(z, y)
+            return _generate(G.bind(gp, gb), z, y, b, positions)
 
         # G does not change during the critic steps, so all k fake batches come from one forward pass.
         with torch.no_grad(), self._autocast():
@@ -165,14 +171,16 @@ class Trainer:
         self._critic_steps += k
 
         def generator_loss(gp, gb, dp, db, z, y):
-            return obj.g_loss(D.bind(dp, db)(G.bind(gp, gb)(z, y), y).float())
+            return obj.g_loss(D.bind(dp, db)(generate(gp, gb, z, y), y).float())
 
         # Gradients flow through D to G, but D's own weight gradients are not needed: D's weights are detached.
         d_frozen = {name: p.detach() for name, p in D.params.items()}
+        # The G step's noise: its own, or the last D step's again (generator_step_noise: critic-step)
+        lo = (k - 1) * b if v.generator_step_noise == "critic-step" else k * b
         with self._autocast():
             g_loss = map_replicas(
                 generator_loss, self.batched, G.params, G.buffers, d_frozen, D.buffers,
-                z[:, k * b :], _part(y, k * b, (k + 1) * b),
+                z[:, lo : lo + b], _part(y, lo, lo + b),
             )
         self.g_opt.zero_grad(set_to_none=True)
         g_loss.sum().backward()
@@ -235,6 +243,10 @@ class Trainer:
 
     def _keep_rows(self, rows: list[int]) -> None:
         """Drop the other rows from networks, optimiser state and sums; the rest continue unchanged."""
+        if rows == list(range(len(self.live))):
+            # Nothing to drop (a resume with every replica live): selecting would copy the stacked conv weights
+            # into the default layout from their channels-last one, and the resumed training would round differently.
+            return
         g_state, d_state = self.g_opt.state_dict(), self.d_opt.state_dict()
         self.generator.select(rows)
         self.critic.select(rows)
@@ -281,6 +293,22 @@ class Trainer:
             self.rngs[int(r)].set_state(rng_state)
         self.step = state["step"]
         self._zero_sums()
+
+
+def _generate(generator: Callable, z: torch.Tensor, y: torch.Tensor | None, batch: int, positions: int) -> torch.Tensor:
+    """G's rows for noise z (n, z_dim), n a multiple of the batch. positions 1: one call. positions m: PacGAN's
+    released code, which calls G once per position of a pack on batch / m samples, so batch norm normalises each
+    call on its own; row k·m + j (position j of pack k, as pack_rows reads them) is sample k of call j."""
+    if positions == 1:
+        return generator(z, y)
+    per_call = batch // positions
+    z = z.reshape(-1, per_call, positions, z.shape[-1])  # (batches, packs, positions, z_dim): row k·m + j at [., k, j]
+    y = None if y is None else y.reshape(-1, per_call, positions, y.shape[-1])
+    rows = [
+        torch.stack([generator(z[i, :, j], None if y is None else y[i, :, j]) for j in range(positions)], dim=1)
+        for i in range(z.shape[0])
+    ]
+    return torch.cat(rows).reshape(-1, rows[0].shape[-1])  # (batches·packs·positions, pixels)
 
 
 def _part(y: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None:

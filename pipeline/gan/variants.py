@@ -45,7 +45,9 @@ def make_optimizer(
 
 def build_generator(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.Module:
     family = ARCHITECTURES[variant.arch]
-    return family.Generator(variant.z_dim, variant.hidden, conditional=variant.conditional, channels=channels)
+    # a tanh output exists in the unrolled family only (params.py refuses it elsewhere); the others end in a sigmoid
+    activation = {"output_activation": variant.output_activation} if variant.arch == "unrolled" else {}
+    return family.Generator(variant.z_dim, variant.hidden, conditional=variant.conditional, channels=channels, **activation)
 
 
 def build_critic(variant: VariantParams, channels: int = MNIST_CHANNELS) -> nn.Module:

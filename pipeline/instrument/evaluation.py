@@ -280,7 +280,17 @@ def metrics_for_dvc(result: dict[str, Any]) -> dict[str, Any]:
     for key in ("modes_captured", "mode_kl"):  # Stacked MNIST results (pipeline/instrument/stacked.py)
         if result.get(key) is not None:
             out[key] = round(float(result[key]), 6)
+    out.update(flat_mode_counts(result))
     for key in ("first_full_coverage_iteration", "first_collapse_iteration"):
         if result.get(key) is not None:
             out[key] = result[key]
+    return out
+
+
+def flat_mode_counts(result: dict[str, Any]) -> dict[str, float]:
+    """A Stacked MNIST result's four ways of counting (pipeline/instrument/stacked.py count_ways) as flat numbers
+    for DVC's metrics and MLflow: modes_captured_<way>, mode_kl_<way> and counter_agreement_<sampling>."""
+    counted = result.get("mode_count_ways") or {"ways": {}, "agreement": {}}
+    out = {f"{key}_{name}": round(float(value), 6) for name, count in counted["ways"].items() for key, value in count.items()}
+    out.update({f"counter_agreement_{sampling}": round(float(rate), 6) for sampling, rate in counted["agreement"].items()})
     return out

@@ -66,10 +66,13 @@ def evaluate_replicas(
     calibration: dict[str, Any],
     curve: pd.DataFrame,
     progress: Callable[..., None] = lambda done, **latest: None,
+    released_counter: stacked.ModeClassifier | None = None,
 ) -> ReplicaEvaluation:
-    """Sample and measure each live replica; `progress(done, replica=, fld=, coverage=)` after each."""
+    """Sample and measure each live replica; `progress(done, replica=, fld=, coverage=)` after each. Stacked MNIST
+    also counts modes every way (stacked.count_ways) with the evaluator and `released_counter` (PacGAN's)."""
     evaluation = ReplicaEvaluation()
     n = sample_count(params)
+    is_stacked = params.dataset == "stacked-mnist"
     for rep in replicas:
         if rep.generator is None:
             evaluation.outcomes.append(ReplicaOutcome(rep.index, rep.seed, None, None, rep.diverged))
@@ -77,8 +80,15 @@ def evaluate_replicas(
         # Replica r's evaluation samples come from its own (seed, r) stream, so they do not depend on R.
         sample_seed = replica_seed(params.seed, rep.index)
         labels = requested_labels(n, sample_seed, ref) if conditional else None
-        images = sampling.to_uint8(sampling.sample(rep.generator, n, seed=sample_seed, labels=labels))
-        result = _measure(images, labels, params, classifier, ref, calibration)
+
+        def draw(how: str, generator=rep.generator, seed=sample_seed, labels=labels) -> np.ndarray:
+            return sampling.to_uint8(sampling.sample(generator, n, seed=seed, labels=labels,
+                                                     **sampling.way_of_sampling(params.variant, how)))
+
+        images = draw(params.variant.mode_count_sampling if is_stacked else "running-stats")
+        result = _measure(images, labels, params, classifier, ref, calibration, released_counter)
+        if is_stacked:
+            result["mode_count_ways"] = _count_every_way(draw, classifier, released_counter)
         own_curve = curve[curve["replica"] == rep.index] if curve is not None and "replica" in curve else curve
         result["first_full_coverage_iteration"] = first_full_coverage_step(own_curve)
         result["first_collapse_iteration"] = first_collapse_step(own_curve)
@@ -92,10 +102,25 @@ def evaluate_replicas(
 
 
 def _measure(images: np.ndarray, labels: np.ndarray | None, params: Params, classifier: MnistCNN,
-             ref: Reference, calibration: dict[str, Any]) -> dict[str, Any]:
+             ref: Reference, calibration: dict[str, Any], released_counter: stacked.ModeClassifier | None) -> dict[str, Any]:
     if params.dataset == "stacked-mnist":
-        return stacked.evaluate_stacked(images, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
+        # the headline mode count reads channels with the preset's classifier; the MNIST metrics with the evaluator's
+        counter = released_counter if params.variant.mode_count_classifier == "released-cnn" else None
+        if counter is None and params.variant.mode_count_classifier == "released-cnn":
+            raise GanpipeError(f"model {params.model} counts modes with PacGAN's released counter, but none was loaded. "
+                               "Run the pipeline with `dvc repro` (its mode_counter stage trains it for Stacked MNIST).")
+        return stacked.evaluate_stacked(images, classifier, ref, calibration, params.evaluate, params.evaluator.seed,
+                                        counter=counter)
     return evaluate_images(images, labels, classifier, ref, calibration, params.evaluate, params.evaluator.seed)
+
+
+def _count_every_way(draw: Callable[[str], np.ndarray], classifier: MnistCNN,
+                     released_counter: stacked.ModeClassifier | None) -> dict[str, Any]:
+    """Modes counted every way (each classifier at hand, each sampling), as PacGAN's protocol and as ganpipe's."""
+    classifiers = {"evaluator": classifier}
+    if released_counter is not None:
+        classifiers["released-cnn"] = released_counter.model
+    return stacked.count_ways(draw, classifiers)
 
 
 def class_histogram_rows(evaluated: list[ReplicaOutcome], ref: Reference) -> list[dict[str, Any]]:

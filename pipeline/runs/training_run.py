@@ -80,9 +80,11 @@ def train_tracked(
     progress: Callable[..., None] = lambda done, total, **latest: None,
     trainer_hook: Callable[[Trainer, int], None] = lambda trainer, step: None,
     stacked: StackedMNIST | None = None,
+    mode_classifier: torch.nn.Module | None = None,
 ) -> RunResult:
     """Train every replica; `trainer_hook(trainer, step)` runs after each loss reading (tests use it).
-    With `stacked` (the `stack` stage's index triples) the training set is Stacked MNIST."""
+    With `stacked` (the `stack` stage's index triples) the training set is Stacked MNIST, whose modes are counted
+    by `mode_classifier` (the preset's mode_count_classifier; default the evaluator `classifier`)."""
     device = devices.resolve(params.train.device)
     n_threads = threads.resolve(params.train.threads, device.type)
     torch.set_num_threads(n_threads)
@@ -93,6 +95,7 @@ def train_tracked(
     result = _new_or_resumed_result(params, data, device, n_threads, saved, stacked)
     _open_runs(params, result, saved, experiment_id, device)
     hooks = _TrainingHooks(params, result, classifier, ref, stacked, progress, trainer_hook, ckpt_path, fp)
+    hooks.mode_classifier = mode_classifier or classifier
     _fit_tracked(params, result, hooks, ckpt_path)
     result.final_losses = _final_losses(result.losses)
     return result
@@ -102,7 +105,7 @@ def _new_or_resumed_result(params: Params, data: MNIST, device: torch.device, n_
                            saved: dict[str, Any] | None, stacked: StackedMNIST | None) -> RunResult:
     """The replicas' trainer on the training set, restored from the checkpoint `saved` when there is one."""
     seeds = replica_seeds(params.seed, params.replicas)
-    images, labels = training_rows(data, device, stacked)
+    images, labels = training_rows(data, device, stacked, params.variant.real_triples)
     # One replica runs as plain (unbatched) calls: vmap only pays off when there is something to batch.
     trainer = Trainer(params.variant, images, labels, seeds, batched=params.replicas > 1)
     result = RunResult(trainer, "", [], seeds, device=str(device), threads=n_threads)
@@ -156,6 +159,7 @@ class _TrainingHooks:
                  trainer_hook: Callable[[Trainer, int], None], ckpt_path: Path, fp: str):
         self.params, self.result, self.trainer = params, result, result.trainer
         self.classifier, self.ref, self.stacked = classifier, ref, stacked
+        self.mode_classifier = classifier  # what counts Stacked MNIST modes; train_tracked sets the preset's
         self.progress, self.trainer_hook = progress, trainer_hook
         self.ckpt_path, self.fp = ckpt_path, fp
         self.buffers = {r: run_logging.MetricBuffer(run_id) for r, run_id in enumerate(result.replica_run_ids)}
@@ -203,11 +207,13 @@ class _TrainingHooks:
         # Stacked MNIST counts modes on as many samples as the final evaluation, so the curve's last point
         # and the published tables count alike (a mode count grows with the sample count).
         n = self.params.stacked_eval_samples if self.stacked is not None else self.eval_n
-        imgs = sampling.sample(generator, n, seed=self.params.seed + step, labels=self.eval_labels)
+        # Stacked MNIST: sampled as the preset's mode count samples (mode_count_sampling), and counted by its classifier
+        how = sampling.way_of_sampling(self.params.variant, self.params.variant.mode_count_sampling) if self.stacked is not None else {}
+        imgs = sampling.sample(generator, n, seed=self.params.seed + step, labels=self.eval_labels, **how)
         share = self.params.evaluate.verdict.min_share_ratio
         quick = evaluation.quick_metrics(imgs[: self.eval_n], self.classifier, self.ref, share)
         if self.stacked is not None:  # the digits above are pooled over channels; modes count the triples
-            quick.update(quick_modes(self.classifier, imgs))
+            quick.update(quick_modes(self.mode_classifier, imgs))
         return quick
 
     def on_sample(self, step: int) -> None:
