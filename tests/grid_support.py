@@ -29,15 +29,16 @@ def grid_params() -> dict:
 
 
 def make_team_repo(base: Path, params: dict | None = None) -> Path:
-    """A ganpipe repository with a bare git remote (origin) and a folder as its default DVC remote, pushed."""
+    """A ganpipe repository at base/repo with a bare git remote (origin, base/origin.git) and a folder as its
+    default DVC remote (base/dvc-remote), pushed. Both are named by relative paths, so a copy of `base`
+    is a repository with remotes of its own."""
     base.mkdir(parents=True, exist_ok=True)
-    origin = base / "origin.git"
-    git("init", "-q", "--bare", "-b", "main", str(origin), cwd=base)
+    git("init", "-q", "--bare", "-b", "main", str(base / "origin.git"), cwd=base)
     repo = make_dvc_repo(base / "repo", params or grid_params())
-    subprocess.run(["dvc", "remote", "add", "-q", "-d", "shared", str(base / "dvc-remote")], cwd=repo, check=True)
+    subprocess.run(["dvc", "remote", "add", "-q", "-d", "shared", "../dvc-remote"], cwd=repo, check=True)
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "shared DVC remote", cwd=repo)
-    git("remote", "add", "origin", str(origin), cwd=repo)
+    git("remote", "add", "origin", "../origin.git", cwd=repo)
     git("push", "-q", "origin", "main", cwd=repo)
     return repo
 

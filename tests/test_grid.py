@@ -6,22 +6,17 @@ tests/test_grid_cluster.py."""
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
+import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from pipeline.common.errors import GanpipeError
-from pipeline.grid import checks, points, workdir
-from pipeline.grid.exchange import Exchange
-from pipeline.grid.task import Job
-from tests.conftest import REPO, dvc_env, git
+from pipeline.grid import checks, points
+from tests.conftest import REPO, git
 from tests.grid_support import commit_all, ganpipe_grid, grid_env, make_team_repo
 from tests.test_team_setup import free_port
 
@@ -42,9 +37,16 @@ def snapshot(repo: Path) -> dict:
     }
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    return make_team_repo(tmp_path_factory.mktemp("template")).parent
+
+
 @pytest.fixture
-def team_repo(tmp_path) -> Path:
-    return make_team_repo(tmp_path)
+def team_repo(template, tmp_path) -> Path:
+    """A fresh copy of one repository with its remotes (they are named by relative paths)."""
+    shutil.copytree(template, tmp_path / "team", symlinks=True)
+    return tmp_path / "team" / "repo"
 
 
 def refused(repo: Path, *args: str, env: dict | None = None) -> str:

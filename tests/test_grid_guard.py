@@ -5,7 +5,6 @@ place and a failed training is not, and nothing of a task outlives the worker th
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time

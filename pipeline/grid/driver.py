@@ -182,7 +182,7 @@ def follow(plan: Plan, refs: dict, slots: int, notes) -> tuple[dict[str, dict], 
                 watch_cluster(plan, notes, set(pending.values()))
                 watched = time.monotonic()
             finished = len(results) + len(failures)
-            eta = (time.monotonic() - start) / finished * len(pending) if finished else None
+            eta = (time.monotonic() - start) / finished * len(pending) if finished and pending else None
             line = _line(plan.grid, total, len(results), min(len(pending), slots), len(failures), eta)
             if status:
                 status.update(line)

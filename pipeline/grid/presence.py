@@ -38,8 +38,11 @@ def remote_config(name: str, url: str | None) -> dict | None:
 
 def missing_outputs(root: str, rev: str, remote: str, url: str | None = None) -> list[str]:
     """The cached outputs of commit `rev` (an experiment) that the DVC remote does not hold."""
+    import logging
+
     from dvc.repo import Repo
 
+    logging.getLogger("dvc").setLevel(logging.ERROR)  # its notes on stages without outputs are not the grid's
     with Repo(root, config=remote_config(remote, url)) as repo:
         used: set = set()
         for _ in repo.brancher(revs=[rev], workspace=False):

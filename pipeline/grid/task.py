@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.grid import presence
 from pipeline.grid.board import SHARED
 from pipeline.grid.exchange import Exchange
-from pipeline.grid.workdir import InfrastructureError, PointFailed, Workdir, sweep_stale
+from pipeline.grid.workdir import InfrastructureError, Workdir, sweep_stale
 
 # download -> prepare -> (stack) -> evaluator -> calibrate: what every point of a grid shares
 SHARED_TARGETS = ("stack", "calibrate")
