@@ -27,8 +27,8 @@ def show(plan, results: dict[str, dict], failures: dict[str, str], note: list[st
         row = results.get(point.name, {})
         if point.name in failures:
             status = "failed"
-        elif row:
-            status = "done" if row["status"] == "done" else "done before"
+        elif row:  # a task's "present" too: an attempt Ray reran after it had pushed is this grid's work
+            status = "done"
         else:
             status = "done before" if point.name in plan.present else "not run"
         fld = row.get("fld")

@@ -58,15 +58,15 @@ def _where() -> dict:
 
 
 def _announce(board, name: str) -> dict:
-    """Tell the driver's board where this attempt runs, before it starts any work (a lost board costs the
-    driver its notes on nodes and reruns, never the point)."""
-    import ray
-
+    """Tell the driver's board where this attempt runs, before it starts any work, and wait for the board
+    to have it: through the call's future, not ray.get, since a task blocked in ray.get lends its CPUs out
+    and Ray would start another point on a node with room for one (and a call nobody waits for was seen
+    lost after a node loss). A lost board costs the driver its notes, never the point."""
     where = _where()
     if board is not None:
         try:
-            ray.get(board.started.remote(name, where["node"], where["host"]), timeout=30)
-        except (ray.exceptions.RayError, TimeoutError):
+            board.started.remote(name, where["node"], where["host"]).future().result(timeout=30)
+        except Exception:  # noqa: BLE001 - any failure to take a note leaves the point to run as it would
             pass
     return where
 
