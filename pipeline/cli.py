@@ -386,25 +386,33 @@ def exp_show(ctx: typer.Context) -> None:
 
 @app.command(epilog="""**Examples**
 
-`ganpipe grid -S model=vanilla,wgan,cgan -S seed=0,1,2` (a local Ray instance: this machine's cores)
+`ganpipe grid -S model=vanilla,wgan,cgan -S seed=0,1,2` (this machine's cores; no remote needed)
 
 `ganpipe grid -S model=wgan,cgan -S seed=0,1 --address 10.0.0.5:6379 --gpus-per-point 0.25`
 
 `ganpipe compare --grid grid-1a2b3c4` (exactly that grid's runs)""")
 def grid(
     sets: list[str] = typer.Option([], "-S", "--set-param", help="An axis in DVC's syntax, e.g. -S model=vanilla,wgan; repeat for more axes."),
-    address: Optional[str] = typer.Option(None, "--address", help="The Ray cluster (HOST:PORT from `ray start --head`, or ray://HOST:PORT); default: a local Ray instance."),
-    cpus_per_point: float = typer.Option(1.0, "--cpus-per-point", min=0.01, help="CPUs Ray reserves for each point."),
+    address: Optional[str] = typer.Option(None, "--address", help="The Ray cluster (HOST:PORT from `ray start --head`, or ray://HOST:PORT); default: a new local Ray instance on this machine."),
+    cpus_per_point: float = typer.Option(1.0, "--cpus-per-point", min=0.01, help="The least CPUs Ray reserves for each point; a point whose train.threads or evaluator.threads is larger asks for that many."),
     gpus_per_point: float = typer.Option(0.0, "--gpus-per-point", min=0.0, help="GPUs for each point; fractions share a device (e.g. 0.25)."),
     name: Optional[str] = typer.Option(None, "--name", help="The grid id, prefix of every point's experiment name (default: grid-<digest of commit and -S>)."),
-    retries: int = typer.Option(1, "--retries", min=0, help="How often Ray retries a failed point (a lost node's points are rerun as well)."),
-    git_remote: Optional[str] = typer.Option(None, "--git-remote", help="The git remote the points clone from and push to (default: origin)."),
+    retries: int = typer.Option(2, "--retries", min=0, help="How often a failed transfer step of a point (clone, fetch, push) is retried in place, after 5 s, 10 s, ..."),
+    reruns: int = typer.Option(3, "--reruns", min=0, help="How often Ray reruns a point whose node was lost or whose transfer kept failing (never a point whose training failed)."),
+    transfer_timeout: float = typer.Option(1800.0, "--transfer-timeout", min=1.0, help="Seconds a clone, fetch or push may take before it counts as stuck (and is retried)."),
+    run_timeout: Optional[float] = typer.Option(None, "--run-timeout", min=1.0, help="Seconds a point's `dvc exp run` may take before it is stopped and the point fails (default: no limit)."),
+    forward_env: list[str] = typer.Option([], "--forward-env", help="Also pass this environment variable of yours to every point (repeat for more); credentials of the usual remotes are passed already."),
+    shared_folders: bool = typer.Option(False, "--shared-folders", help="Folder remotes are mounted at the same path on every node of the cluster (otherwise refused there)."),
+    git_remote: Optional[str] = typer.Option(None, "--git-remote", help="The git remote the points clone from and push to (default: origin; none on one machine: this repository)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every point's result (node, device, wall time, collapse rate, ...) to this JSON file."),
 ) -> None:
     """Run an experiment grid (DVC's -S product) as one Ray task per point, on this machine or a Ray cluster."""
     from pipeline.grid.driver import Options, run_grid
 
-    options = Options(sets, address, cpus_per_point, gpus_per_point, name, retries, git_remote, json_out)
+    options = Options(
+        sets, address, cpus_per_point, gpus_per_point, name, retries, reruns, git_remote, json_out,
+        transfer_timeout, run_timeout, tuple(forward_env), shared_folders,
+    )
     try:
         status = run_grid(_root(), options)
     except GanpipeError as exc:
