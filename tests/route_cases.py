@@ -45,3 +45,13 @@ def cases(torch) -> dict:
     with torch.no_grad():
         out["conv_no_grad"] = frozen(torch.randn(3, 8, 9, 9))
     return out
+
+
+def inference_cases(torch) -> dict:
+    """A DCGAN-shaped generator sampled under torch.inference_mode(), as the pipeline samples: the
+    convolutions' pool threads must write the caller's inference tensors."""
+    torch.manual_seed(2)
+    nn = torch.nn
+    net = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 3, 3, padding=1)).eval()
+    with torch.inference_mode():
+        return {"sampled_under_inference_mode": net(torch.randn(37, 64, 7, 7))}

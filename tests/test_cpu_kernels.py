@@ -212,7 +212,8 @@ from pipeline.common import cpu_kernels
 cpu_kernels.pin(mode=sys.argv[2], threads=int(sys.argv[3]))
 import numpy as np, torch
 from tests.route_cases import cases
-np.savez(sys.argv[1], **{name: t.detach().numpy() for name, t in cases(torch).items()})
+from tests.route_cases import inference_cases
+np.savez(sys.argv[1], **{name: t.detach().numpy() for name, t in {**cases(torch), **inference_cases(torch)}.items()})
 """
 
 

@@ -41,7 +41,15 @@ def _map(work, items: list) -> list:
     if n <= 1:
         return [work(item) for item in items]
     pool = _pools.get(n) or _pools.setdefault(n, ThreadPoolExecutor(n, thread_name_prefix="ganpipe-conv"))
-    return list(pool.map(work, items))
+    # Inference mode is per thread: a convolution under torch.inference_mode() (sampling) writes into
+    # inference tensors, which a pool thread may touch only inside inference mode too.
+    inference = torch.is_inference_mode_enabled()
+
+    def in_callers_mode(item):
+        with torch.inference_mode(inference):
+            return work(item)
+
+    return list(pool.map(in_callers_mode, items))
 
 
 def _chunks(n: int) -> list[slice]:
