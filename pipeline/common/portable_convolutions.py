@@ -16,13 +16,14 @@ chunks of CHUNK images, added in order, for the same reason.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.common.portable_products import register_cpu_kernels
 
 CHUNK = 16  # images per unit of work: fixed, so no sum's order ever follows the thread count
 CACHED_COLUMNS = 8  # forward columns kept for the backward pass (one per convolution awaiting its backward)
@@ -185,10 +186,5 @@ def convolution_backward(grad_output, input, weight, bias_sizes, stride, padding
 def install() -> None:
     """Route the convolutions for the rest of the process (idempotent)."""
     global _library
-    if _library is not None:
-        return
-    _library = torch.library.Library("aten", "IMPL")
-    with warnings.catch_warnings():  # torch warns once that a kernel is being overridden: that is the point
-        warnings.simplefilter("ignore", UserWarning)
-        _library.impl("convolution", convolution, "CPU")
-        _library.impl("convolution_backward", convolution_backward, "CPU")
+    if _library is None:
+        _library = register_cpu_kernels({"convolution": convolution, "convolution_backward": convolution_backward})

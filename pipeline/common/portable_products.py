@@ -110,13 +110,19 @@ def kernels() -> dict[str, object]:
     return table
 
 
+def register_cpu_kernels(table: dict[str, object]) -> torch.library.Library:
+    """Register each aten overload's kernel at the CPU key; the library returned must stay referenced for
+    the registrations to last. Shared with pipeline/common/portable_convolutions.py."""
+    library = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():  # torch warns once that a kernel is being overridden: that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        for name, kernel in table.items():
+            library.impl(name, kernel, "CPU")
+    return library
+
+
 def install() -> None:
     """Route the products through OpenBLAS for the rest of the process (idempotent)."""
     global _library
-    if _library is not None:
-        return
-    _library = torch.library.Library("aten", "IMPL")
-    with warnings.catch_warnings():  # torch warns once that a kernel is being overridden: that is the point
-        warnings.simplefilter("ignore", UserWarning)
-        for name, kernel in kernels().items():
-            _library.impl(name, kernel, "CPU")
+    if _library is None:
+        _library = register_cpu_kernels(kernels())
