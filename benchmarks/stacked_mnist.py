@@ -21,6 +21,8 @@ ganpipe's rows are mean ± standard error over seeds, each seed's count beside t
     python benchmarks/stacked_mnist.py --recount gens --presets dcgan-quarter-d --steps 8000 --out recount.json
                                                            # the saved generators counted all four ways
     python benchmarks/stacked_mnist.py --report dcgan.json pac.json recount.json   # the tables from saved runs
+    python benchmarks/stacked_mnist.py --report dcgan.json pac.json recount.json --record results/t3.json \
+        --title ... --command ... --machine ... --commit ... --date ...   # and a study `ganpipe tables` renders
     python benchmarks/stacked_mnist.py --presets dcgan,pacdcgan2 --epochs 50      # Table 2's setting (a GPU's job)
 
 Needs the prepared MNIST and both classifiers: `dvc repro evaluator`, and PacGAN's counter, which the
@@ -56,25 +58,9 @@ from pipeline.gan import sampling  # noqa: E402
 from pipeline.gan import threads as gan_threads  # noqa: E402
 from pipeline.gan.generator_file import load_generators, save_generators  # noqa: E402
 from pipeline.instrument import evaluator, mode_counter, stacked  # noqa: E402
+from pipeline.reports import stacked_study  # noqa: E402
+from pipeline.reports.stacked_study import STACKED_SET, contrasts, curve_table, mean_and_se, table, ways_table  # noqa: E402,F401
 
-# (model, modes captured, KL, source): the published rows, as the papers print them (± standard error).
-_T3 = "PacGAN Table 3, 50 trials, 500,000 iterations"
-PUBLISHED = {
-    "dcgan": [
-        ("DCGAN", "99", "3.40", "VEEGAN Table 2"),
-        ("DCGAN", "78.9 ± 6.5", "4.50 ± 0.13", "PacGAN Table 2, 10 trials"),
-    ],
-    "pacdcgan2": [("PacDCGAN2", "1000.0 ± 0.0", "0.06 ± 0.003", "PacGAN Table 2, 10 trials")],
-    "dcgan-quarter-d": [("DCGAN, D = 0.25G", "78.5 ± 17.56", "5.21 ± 0.19", _T3)],
-    "pacdcgan2-quarter-d": [("PacDCGAN2, D = 0.25G", "484.5 ± 32.99", "2.61 ± 0.22", _T3)],
-    "pacdcgan3-quarter-d": [("PacDCGAN3, D = 0.25G", "601.3 ± 32.18", "2.00 ± 0.17", _T3)],
-    "pacdcgan4-quarter-d": [("PacDCGAN4, D = 0.25G", "667.4 ± 29.00", "1.81 ± 0.15", _T3)],
-    "dcgan-half-d": [("DCGAN, D = 0.5G", "487.7 ± 34.59", "2.24 ± 0.15", _T3)],
-    "pacdcgan2-half-d": [("PacDCGAN2, D = 0.5G", "840.7 ± 15.92", "1.00 ± 0.05", _T3)],
-    "pacdcgan3-half-d": [("PacDCGAN3, D = 0.5G", "866.6 ± 12.10", "0.90 ± 0.04", _T3)],
-    "pacdcgan4-half-d": [("PacDCGAN4, D = 0.5G", "820.2 ± 25.50", "1.15 ± 0.14", _T3)],
-}
-STACKED_SET = 128_000  # the papers' training images: an epoch for --epochs
 
 
 class Counter:
@@ -158,13 +144,6 @@ def _save_trainer(folder: Path, trainer, seeds: list[int], iterations: int) -> N
     atomic.save_torch(folder / "trainer.pt", {"seeds": seeds, "iterations": iterations, "trainer": trainer.state_dict()})
 
 
-def mean_and_se(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-    return float(np.mean(values)), se
-
-
 def _earlier(path: Path | None, preset: str) -> dict | None:
     """The preset's result in an earlier --out file (resuming), if any."""
     if not path or not path.is_file():
@@ -194,6 +173,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "preset": preset, "device": str(device), "threads": torch.get_num_threads(), "iterations": iterations,
             "batch_size": variant.batch_size, "samples": samples, "seeds": args.seeds, "curve": [], "train_seconds": 0.0,
             "mode_count": stacked.way(variant.mode_count_classifier, variant.mode_count_sampling),
+            "kernels": cpu_kernels.in_force().get("mode", "not pinned"),
         }
         results.append(result)
         before = result["train_seconds"]
@@ -264,99 +244,10 @@ def recount(args: argparse.Namespace) -> dict:
                     print(f"{preset} seed {rep.seed} at {step:,}: {rows[-1]['ways']}", file=sys.stderr, flush=True)
     n = args.samples or 25_600
     real = stacked.real_counts_by_classifier({name: c.test_predicted for name, c in classifiers.items()}, n, data.y_test)
-    document = {"recount": rows, "real": real}
+    document = {"recount": rows, "real": real, "kernels": cpu_kernels.in_force().get("mode", "not pinned")}
     if args.out:
         atomic.write_json(args.out, document)
     return document
-
-
-def _pm(mean: float | None, se: float | None, digits: int) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
-
-
-def table(results: list[dict]) -> str:
-    lines = [
-        "| model | modes (of 1000) | KL to uniform | each seed's modes | source / budget |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in results:
-        for name, m, kl, source in PUBLISHED.get(r["preset"], []):
-            lines.append(f"| {name} | {m} | {kl} | — | {source} |")
-        n = len(r.get("modes_captured", []))
-        epochs = r["iterations"] * r["batch_size"] / STACKED_SET
-        budget = (
-            f"ganpipe, {n} seeds ({r.get('diverged', 0)} diverged), {r['iterations']:,} iterations "
-            f"({epochs:.3g} epochs of 128k samples), {r['samples']:,} samples, {r['device']}, {r['threads']} thread(s), "
-            f"counted {r.get('mode_count', 'evaluator_running-stats')}"
-        )
-        if n:
-            lines.append(f"| ganpipe `{r['preset']}` | {_pm(r['modes_captured_mean'], r['modes_captured_se'], 1)} | "
-                         f"{_pm(r['mode_kl_mean'], r['mode_kl_se'], 2)} | {', '.join(f'{m:g}' for m in r['modes_captured'])} | "
-                         f"{budget} |")
-        else:
-            lines.append(f"| ganpipe `{r['preset']}` | — | — | — | {budget}: no seed finished |")
-    return "\n".join(lines)
-
-
-def curve_table(results: list[dict]) -> str:
-    """Modes captured at each count, mean ± SE over the seeds, one column per preset."""
-    steps = sorted({row["step"] for r in results for row in r["curve"]})
-    lines = ["| iteration | " + " | ".join(f"`{r['preset']}`" for r in results) + " |",
-             "| --- |" + " --- |" * len(results)]
-    for step in steps:
-        cells = []
-        for r in results:
-            values = [row["modes_captured"] for row in r["curve"] if row["step"] == step]
-            cells.append(_pm(*mean_and_se(values), 1))
-        lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def difference(a: list[float], b: list[float]) -> dict[str, float]:
-    """mean(a) - mean(b) with its Welch 95% interval and percentile-bootstrap 95% interval (10,000 resamples of each
-    group, seed 0), and the exact two-sided Mann-Whitney p (no normality assumed; 5 against 5 can reach 0.008)."""
-    from scipy import stats
-
-    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    boot = stats.bootstrap((a, b), lambda x, y: np.mean(x) - np.mean(y), n_resamples=10_000, method="percentile",
-                           random_state=np.random.default_rng(0), vectorized=False).confidence_interval
-    u = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact")
-    return {"difference": float(np.mean(a) - np.mean(b)), "welch": (float(welch.low), float(welch.high)),
-            "bootstrap": (float(boot.low), float(boot.high)), "u": float(u.statistic), "p": float(u.pvalue)}
-
-
-def contrasts(results: list[dict]) -> str:
-    """Each later preset against the first, at the final count."""
-    lines = ["| preset against the first | difference in mean modes [Welch 95%] [bootstrap 95%] | Mann-Whitney U, exact p |",
-             "| --- | --- | --- |"]
-    base = results[0]
-    for r in results[1:]:
-        a, b = r.get("modes_captured", []), base.get("modes_captured", [])
-        if len(a) < 2 or len(b) < 2:
-            continue
-        d = difference(a, b)
-        lines.append(f"| `{r['preset']}` − `{base['preset']}` | {d['difference']:+.1f} [{d['welch'][0]:+.1f}, {d['welch'][1]:+.1f}] "
-                     f"[{d['bootstrap'][0]:+.1f}, {d['bootstrap'][1]:+.1f}] | U = {d['u']:g}, p = {d['p']:.3f} |")
-    return "\n".join(lines)
-
-
-def ways_table(document: dict) -> str:
-    """The re-count: each seed's modes every way, the counters' agreement, and both counters on real triples."""
-    ways = [stacked.way(c, s) for s in stacked.SAMPLINGS for c in stacked.CLASSIFIERS]
-    lines = ["| preset | step | seed | " + " | ".join(ways) + " | same triple, running-stats | same triple, batch-stats |",
-             "| --- | --- | --- |" + " --- |" * (len(ways) + 2)]
-    for row in document["recount"]:
-        cells = [str(row["ways"].get(w, {}).get("modes_captured", "—")) for w in ways]
-        agree = [f"{row['agreement'].get(s, float('nan')):.3f}" for s in stacked.SAMPLINGS]
-        lines.append(f"| `{row['preset']}` | {row['step']:,} | {row['seed']} | " + " | ".join(cells + agree) + " |")
-    real = document["real"]
-    lines += ["", f"Real stacked test triples ({real['n_samples']:,}): " + "; ".join(
-        f"{name} {real[name]['modes_captured']} modes, KL {real[name]['mode_kl']:.3f}, "
-        f"{real[name].get('triples_read_right', float('nan')):.4f} of triples read right"
-        for name in stacked.CLASSIFIERS if name in real) + f"; both read the same triple in {real.get('agreement', float('nan')):.4f}"]
-    return "\n".join(lines)
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -380,6 +271,13 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (rewritten after every count)")
     parser.add_argument("--report", type=Path, nargs="+", default=None,
                         help="print the tables of saved --out files (in this order); train nothing")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="with --report: also write the study to this file (results/NAME.json) for `ganpipe tables`")
+    parser.add_argument("--title", default=None, help="with --record: what the study is")
+    parser.add_argument("--command", default=None, help="with --record: how to reproduce it (or where its commands are)")
+    parser.add_argument("--machine", default=None, help="with --record: the machine it ran on (CPU or GPU, cores)")
+    parser.add_argument("--commit", default=None, help="with --record: the commit it ran at")
+    parser.add_argument("--date", default=None, help="with --record: the date it ran (YYYY-MM-DD)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: params.yaml train.threads)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per preset")
@@ -404,8 +302,23 @@ def print_report(results: list[dict], recounts: list[dict], as_json: bool) -> No
             print("\nModes captured during training (mean ± SE over seeds):\n")
             print(curve_table(results))
     for document in recounts:
-        print("\nModes captured every way (classifier_sampling), per seed:\n")
+        print("\nModes captured every way (classifier_sampling), mean ± SE over seeds:\n")
+        print(stacked_study.ways_summary(document))
+        print("\nPer seed:\n")
         print(ways_table(document))
+
+
+def record(args: argparse.Namespace, results: list[dict], recounts: list[dict]) -> None:
+    """--record: the study with what it was measured under. Kernels come from the saved runs (since issue 32's
+    re-run they say which); the rest from the command line, checked before anything is written."""
+    kernels = sorted({doc.get("kernels") or args.cpu_kernels or "" for doc in results + recounts})
+    conditions = {"command": args.command, "machine": args.machine, "kernels": ", ".join(k for k in kernels if k),
+                  "commit": args.commit, "date": args.date}
+    missing = [f"--{key}" if key != "kernels" else "--cpu-kernels (the runs do not say)" for key, value in conditions.items() if not value]
+    if missing or not args.title:
+        raise GanpipeError(f"--record writes a study that names what it was measured under, and {', '.join(missing + (['--title'] if not args.title else []))} "
+                           "is missing: pass them (the machine as CPU model and cores, the commit and date the runs were made at).")
+    atomic.write_json(args.record, stacked_study.record(results, recounts, args.title, conditions))
 
 
 def main() -> None:
@@ -415,6 +328,8 @@ def main() -> None:
             loaded = [json.loads(path.read_text()) for path in args.report]
             results = [r for doc in loaded if isinstance(doc, list) for r in doc]
             recounts = [doc for doc in loaded if isinstance(doc, dict) and "recount" in doc]
+            if args.record:
+                record(args, results, recounts)
         elif args.recount:
             results, recounts = [], [recount(args)]
         else:

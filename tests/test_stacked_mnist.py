@@ -299,6 +299,27 @@ def test_the_benchmark_sets_its_rows_beside_the_published_ones_with_the_contrast
     assert "| `pacdcgan2-quarter-d` − `dcgan-quarter-d` | +180.0 [-65.0, +425.0] [+83.3, +276.7] | U = 9, p = 0.100 |" in out
     assert "| 1,000 | 6.0 ± 0.6 | 60.0 ± 5.8 |" in out and "| 2,000 | 20.0 ± 5.8 | 200.0 ± 57.7 |" in out
 
+    # --record writes the study for `ganpipe tables`, which renders the same rows into a page's markers; without
+    # the conditions it would carry, it refuses and says which are missing
+    bench = [sys.executable, str(REPO / "benchmarks/stacked_mnist.py"), "--report", str(tmp_path / "a.json"),
+             str(tmp_path / "b.json"), "--record", str(tmp_path / "results" / "t3.json")]
+    refused = subprocess.run(bench + ["--title", "a study"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--machine" in refused.stderr and "--commit" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "results" / "t3.json").exists()
+    subprocess.run(bench + ["--title", "a study", "--command", "`the commands above`", "--machine", "a 2-core CPU",
+                            "--commit", "abc1234", "--date", "2026-12-07", "--cpu-kernels", "native"],
+                   capture_output=True, text=True, check=True, timeout=120)
+    from pipeline.reports import recorded
+
+    page = "".join(f"<!-- table: results/t3.json {kind} -->\n<!-- /table -->\n" for kind in ("table3", "table3-contrast", "table3-curve"))
+    rendered = recorded.render_page(tmp_path, page)
+    assert "| ganpipe `pacdcgan2-quarter-d` | 200.0 ± 57.7 |" in rendered and "| DCGAN, D = 0.25G | 78.5 ± 17.56 |" in rendered
+    assert "| `pacdcgan2-quarter-d` − `dcgan-quarter-d` | +180.0 [-65.0, +425.0] [+83.3, +276.7] | U = 9, p = 0.100 |" in rendered
+    assert "| 2,000 | 20.0 ± 5.8 | 200.0 ± 57.7 |" in rendered
+    assert rendered.count("Machine: a 2-core CPU. Kernels: `native`. Commit: abc1234. Date: 2026-12-07.") == 3
+    with pytest.raises(GanpipeError, match="table3-typo"):
+        recorded.render_page(tmp_path, "<!-- table: results/t3.json table3-typo -->\n<!-- /table -->\n")
+
 
 # --- PacGAN's protocol: their counter, batch-statistics sampling, every way of counting (issue 32) -----------
 

@@ -10,6 +10,9 @@ renders. A page asks for a table with a pair of markers, which the rendering rep
     <!-- /table -->
     <!-- table: results/headline.json verdicts --> each replica's verdict, one line per variant
     <!-- /table -->
+    <!-- table: results/table3-NAME.json table3 -->  a Stacked MNIST study beside PacGAN's Table 3; also
+    <!-- /table -->                                  table3-contrast, table3-curve, table3-recount
+                                                     (pipeline/reports/stacked_study.py)
 
 Counts and Wilson intervals are always computed here from the verdicts (pipeline.instrument.rates), and medians
 from the replicas' metrics when the study holds them. An archive study, recorded before this format, holds
@@ -25,11 +28,12 @@ from typing import Any
 
 from pipeline.common.errors import GanpipeError
 from pipeline.instrument.rates import Rate, median_iqr, rate_of
+from pipeline.reports import stacked_study
 from pipeline.reports.store import RunData
 
 FOLDER = "results"
 PAGES = ("README.md", "docs/*.md")
-MARKERS = re.compile(r"(<!-- table: (?P<file>[\w./-]+)(?: (?P<kind>verdicts))? -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+MARKERS = re.compile(r"(<!-- table: (?P<file>[\w./-]+)(?: (?P<kind>verdicts|table3[\w-]*))? -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 RATE_HEADER = ("variant", "collapsed / evaluated (diverged)", "collapse rate [95% interval]", "median FLD (IQR)",
                "median digits covered (IQR)", "median class KL", "median mean confidence", "wall time")
 # A replica counts as collapsed for any verdict kind but these (diverged replicas are left out of the rate).
@@ -122,15 +126,24 @@ def load(root: Path, file: str) -> dict[str, Any]:
         study = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise GanpipeError(f"{file} cannot be read as a recorded study ({exc}). Write it with "
-                           "`ganpipe compare --record FILE`, or fix the marker that names it.") from exc
+                           "`ganpipe compare --record FILE` (or, for a Stacked MNIST study, benchmarks/stacked_mnist.py "
+                           "--report ... --record FILE), or fix the marker that names it.") from exc
     return {**study, "file": file}
 
 
 def render_page(root: Path, text: str) -> str:
     """The page with every marked table rendered from its study."""
     def replace(match: re.Match) -> str:
-        study = load(root, match["file"])
-        body = render_verdicts(study) if match["kind"] else render_rates(study)
+        study, kind = load(root, match["file"]), match["kind"]
+        if kind in stacked_study.KINDS:
+            body = stacked_study.render(study, kind)
+        elif kind == "verdicts":
+            body = render_verdicts(study)
+        elif kind:
+            raise GanpipeError(f"a page asks for a table of kind {kind!r} from {match['file']}: the kinds are "
+                               f"verdicts, {', '.join(stacked_study.KINDS)}, or none (the rate table).")
+        else:
+            body = render_rates(study)
         return match.group(1) + body + match.group(5)
 
     return MARKERS.sub(replace, text)
