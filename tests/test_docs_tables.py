@@ -64,3 +64,15 @@ def test_a_study_that_cannot_be_read_is_named_with_the_fix(tmp_path):
     done = _check(root)
     assert done.returncode != 0 and "results/headline.json" in done.stderr and "--record" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_table3_ablation_figures_quoted_in_results_are_what_the_recorded_studies_give():
+    """docs/results.md's reading of issue 32's re-run quotes benchmarks/table3_ablation.py on the two recorded
+    studies: the training changes' effect on PacDCGAN2 (counted issue 23's way) and the counters' disagreement."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/table3_ablation.py"), str(REPO / "results/table3-issue23.json"),
+                           str(REPO / "results/table3-issue32.json")], capture_output=True, text=True, check=True, timeout=120)
+    assert "-301.6 [-512.0, -91.2], U = 2, p = 0.032" in done.stdout  # PacDCGAN2: 380.0 -> 78.4 modes
+    assert "counter, batch-stats: evaluator - released-cnn -46 to +115" in done.stdout
+    assert "released-cnn_batch-stats: +25.2 [-39.6, +90.0], U = 17, p = 0.421" in done.stdout
+    page = (REPO / "docs" / "results.md").read_text()
+    assert "−302,\n  Welch [−512, −91], exact Mann–Whitney p = 0.032" in page and "−55 to +115" in page
