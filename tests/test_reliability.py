@@ -32,14 +32,19 @@ def free_port() -> int:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """kill -9 the process and every descendant (DVC runs the stage as a child process)."""
+    """kill -9 the process and every descendant (DVC runs the stage as a child process), parent first,
+    as a power cut would. Children first gave DVC the moment to see its stage die and start rewriting
+    .dvc/tmp/rwlock, so the kill could land mid-write and leave DVC's own lock file empty (a DVC
+    failure, not ganpipe's: docs/troubleshooting.md says what to do when it happens to a user)."""
     parent = psutil.Process(proc.pid)
-    for p in [*parent.children(recursive=True), parent]:
+    descendants = parent.children(recursive=True)
+    for p in [parent, *descendants]:
         try:
             p.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=30)
+    psutil.wait_procs(descendants, timeout=30)
 
 
 def stage(repo: Path, name: str, **env: str) -> subprocess.CompletedProcess:
