@@ -226,9 +226,10 @@ def test_a_lost_node_reruns_its_point_once_and_says_so_in_ganpipe_lines(team, cl
     --retries is 0 (that counts transfer retries), each point lands once, and nothing is left on the nodes."""
     log = base / "lost.log"
     driver = subprocess.Popen(
-        # Long enough (seconds, not the suite's 40 iterations) that the raylet dies while the point trains:
-        # a point that finishes first is pushed by its first attempt and nothing is rerun.
-        grid_command("-S", "seed=5,6", "-S", "variants.vanilla.iterations=3000", "--address", cluster.address,
+        # Long enough (1,000 iterations: seconds of training once the stage's process is up, against the 1 s
+        # poll below; the suite's 40 iterations raced) that the raylet dies while the point trains: a point
+        # that finishes first is pushed by its first attempt and nothing is rerun.
+        grid_command("-S", "seed=5,6", "-S", "variants.vanilla.iterations=1000", "--address", cluster.address,
                      "--retries", "0", "--json", str(base / "lost.json")),
         cwd=team, env=cluster_env(team, cluster), stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
     )

@@ -75,7 +75,7 @@ def child_runs(repo: Path, parent) -> list:
 def test_kill_9_during_training_then_repro_resumes_to_the_uninterrupted_result(tmp_path, shared_cache):
     params = tiny_params()
     params["model"] = "wgan"
-    iterations = 1000  # 5 checkpoints: a kill after the first leaves most of the training to resume
+    iterations = 600  # 3 checkpoints: a kill after the first leaves two thirds of the training to resume
     params["variants"]["wgan"]["iterations"] = iterations
     params["train"].update(checkpoint_every=200, eval_every=200, sample_every=1000)
     repo = new_repo(tmp_path / "repo", params, shared_cache)
