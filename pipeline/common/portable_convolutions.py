@@ -116,10 +116,10 @@ def _forward(x: torch.Tensor, w: torch.Tensor, geometry: tuple, keep: bool) -> t
     size = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation))
     out = np.empty((x.shape[0], g, w.shape[0] // g, size[0] * size[1]), dtype=left.dtype)
 
-    def chunk(rows: slice) -> np.ndarray:
+    def chunk(rows: slice) -> np.ndarray | None:
         cols = _unfold(x[rows], geometry)
         np.matmul(left, cols, out=out[rows])
-        return cols
+        return cols if keep else None  # without a backward to come, each chunk's columns go as soon as used
 
     columns = _map(chunk, _chunks(x.shape[0]))
     if keep:
