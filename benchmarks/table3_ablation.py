@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.reports.stacked_study import WAYS, difference, mean_and_se  # noqa: E402
+from pipeline.reports.stacked_study import WAYS, difference, mean_and_se, plus_minus  # noqa: E402
 
 EARLIER_WAY = "evaluator_running-stats"  # how issue 23's run counted
 
@@ -56,8 +56,8 @@ def report(earlier: dict, later: dict) -> list[str]:
             continue
         lines.append(f"{preset}:")
         if old:
-            lines.append(f"  training changes (counted {EARLIER_WAY}): {mean_and_se(list(now.values()))} against "
-                         f"{mean_and_se(old)}: {_interval(difference(list(now.values()), old))}")
+            lines.append(f"  training changes (counted {EARLIER_WAY}): {plus_minus(*mean_and_se(list(now.values())), 1)} "
+                         f"against {plus_minus(*mean_and_se(old), 1)}: {_interval(difference(list(now.values()), old))}")
         for counter in ("evaluator", "released-cnn"):
             lines.append(f"  sampling, {counter}: batch - running statistics "
                          + _paired(ways[(preset, f'{counter}_batch-stats')], ways[(preset, f'{counter}_running-stats')]))
@@ -67,8 +67,8 @@ def report(earlier: dict, later: dict) -> list[str]:
         for document in later["recounts"]:
             agreement = [r["agreement"]["batch-stats"] for r in document["recount"] if r["preset"] == preset]
             if agreement:
-                mean, se = mean_and_se(agreement)
-                lines.append(f"  same triple (batch statistics): {mean:.4f} ± {se:.4f}, at most {max(agreement):.3f}")
+                lines.append(f"  same triple (batch statistics): {plus_minus(*mean_and_se(agreement), 4)}, "
+                             f"at most {max(agreement):.3f}")
     for preset in presets[1:]:
         for way in WAYS:
             a, b = ways.get((preset, way)), ways.get((presets[0], way))

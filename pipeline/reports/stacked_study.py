@@ -45,7 +45,8 @@ def mean_and_se(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(values)), se
 
 
-def _pm(mean: float | None, se: float | None, digits: int) -> str:
+def plus_minus(mean: float | None, se: float | None, digits: int) -> str:
+    """`mean ± se` as the tables print it (— without values, the mean alone for one value)."""
     if mean is None:
         return "—"
     return f"{mean:.{digits}f}" + ("" if se is None else f" ± {se:.{digits}f}")
@@ -67,8 +68,8 @@ def table(results: list[dict]) -> str:
             f"counted {r.get('mode_count', 'evaluator_running-stats')}"
         )
         if n:
-            lines.append(f"| ganpipe `{r['preset']}` | {_pm(r['modes_captured_mean'], r['modes_captured_se'], 1)} | "
-                         f"{_pm(r['mode_kl_mean'], r['mode_kl_se'], 2)} | {', '.join(f'{m:g}' for m in r['modes_captured'])} | "
+            lines.append(f"| ganpipe `{r['preset']}` | {plus_minus(r['modes_captured_mean'], r['modes_captured_se'], 1)} | "
+                         f"{plus_minus(r['mode_kl_mean'], r['mode_kl_se'], 2)} | {', '.join(f'{m:g}' for m in r['modes_captured'])} | "
                          f"{budget} |")
         else:
             lines.append(f"| ganpipe `{r['preset']}` | — | — | — | {budget}: no seed finished |")
@@ -91,7 +92,7 @@ def curve_table(results: list[dict]) -> str:
     lines = ["| iteration | " + " | ".join(f"`{r['preset']}`" for r in results) + " |",
              "| --- |" + " --- |" * len(results)]
     for step in steps:
-        lines.append(f"| {step:,} | " + " | ".join(_pm(*_curve_point(r, step), 1) for r in results) + " |")
+        lines.append(f"| {step:,} | " + " | ".join(plus_minus(*_curve_point(r, step), 1) for r in results) + " |")
     return "\n".join(lines)
 
 
@@ -157,12 +158,12 @@ def ways_summary(document: dict) -> str:
         cells = []
         for way in WAYS:
             values = [r["ways"][way]["modes_captured"] for r in rows if way in r["ways"]]
-            cell = _pm(*mean_and_se(values), 1)
+            cell = plus_minus(*mean_and_se(values), 1)
             if way != headline and values:
                 diffs = [r["ways"][way]["modes_captured"] - r["ways"][headline]["modes_captured"] for r in rows]
                 cell += f" (paired {min(diffs):+g} to {max(diffs):+g})"
             cells.append(cell)
-        agree = _pm(*mean_and_se([r["agreement"]["batch-stats"] for r in rows]), 3)
+        agree = plus_minus(*mean_and_se([r["agreement"]["batch-stats"] for r in rows]), 3)
         lines.append(f"| `{preset}` | {step:,} | " + " | ".join(cells) + f" | {agree} |")
     return "\n".join(lines)
 
