@@ -81,15 +81,15 @@ def processes_under(folder: Path) -> list[psutil.Process]:
     return found
 
 
-def running(folder: Path, command: str) -> int:
-    """How many live processes inside `folder` run `command` (e.g. stages.train)."""
-    count = 0
-    for proc in processes_under(folder):
-        try:
-            count += command in " ".join(proc.cmdline())
-        except psutil.Error:
-            pass
-    return count
+def _python_running(proc: psutil.Process, command: str) -> bool:
+    """Whether `proc` is a Python process running `command`. Not the shell DVC may start around a stage:
+    where SHELL is unset, DVC runs `/bin/sh -c CMD`, and Debian's dash does not exec the command, so each
+    stage shows as two processes with the same command line."""
+    try:
+        line = proc.cmdline()
+    except psutil.Error:
+        return False
+    return bool(line) and Path(line[0]).name.startswith("python") and command in " ".join(line)
 
 
 def wait_until(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
@@ -150,6 +150,14 @@ class RayCluster:
         _killpg(self.worker_node().pid, signal.SIGKILL)
         self.worker_node().wait(timeout=30)
         self.start_node("--address", self.address)
+
+    def runs(self, node: subprocess.Popen, command: str) -> bool:
+        """Whether a Python process running `command` is on this node (in its process tree)."""
+        try:
+            tree = psutil.Process(node.pid).children(recursive=True)
+        except psutil.Error:
+            return False
+        return any(_python_running(proc, command) for proc in tree)
 
     def raylet(self, node: subprocess.Popen) -> psutil.Process:
         return next(p for p in psutil.Process(node.pid).children(recursive=True) if p.name() == "raylet")

@@ -32,6 +32,7 @@ class Watch:
     nodes: dict[str, str] = field(default_factory=dict)  # node id -> address, of every node seen alive
     lost: set[str] = field(default_factory=set)
     told: dict[str, int] = field(default_factory=dict)  # task name -> attempts already reported
+    moved: dict[str, str] = field(default_factory=dict)  # task name -> the lost node it was said to leave
 
 
 def short(node: str) -> str:
@@ -47,6 +48,7 @@ def lost_nodes(watch: Watch, alive: dict[str, str], starts: dict, unfinished: se
             continue
         watch.lost.add(node)
         held = sorted(name for name, runs in starts.items() if name in unfinished and runs and runs[-1][0] == node)
+        watch.moved.update(dict.fromkeys(held, node))
         what = f"Ray reruns {', '.join(held)} on the other nodes" if held else "no unfinished point was running there"
         lines.append(f"node {short(node)} ({address}) lost: {what}")
     return lines
@@ -62,6 +64,15 @@ def reruns(watch: Watch, starts: dict) -> list[str]:
             lines.append(f"{what} rerun on node {short(node)} ({host}), attempt {attempt + 1} (the last ran on node {short(runs[attempt - 1][0])})")
         watch.told[name] = max(watch.told.get(name, 1), len(runs))
     return lines
+
+
+def finished_where_lost(watch: Watch, name: str, node: str | None) -> str | None:
+    """The correction to a lost-node line: a task whose attempt on that node returned anyway (its worker
+    outlived the raylet long enough to finish) is done there and Ray does not rerun it."""
+    lost = watch.moved.pop(name, None)
+    if lost is None or lost != node:
+        return None
+    return f"point {name} finished on node {short(lost)} before that node was lost: not rerun"
 
 
 def closing_note(watch: Watch, starts: dict) -> list[str]:
