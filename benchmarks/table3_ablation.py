@@ -25,13 +25,22 @@ from pipeline.reports.stacked_study import WAYS, difference, mean_and_se, plus_m
 EARLIER_WAY = "evaluator_running-stats"  # how issue 23's run counted
 
 
+def _final_rows(study: dict) -> list[dict]:
+    """A study's re-count rows at each preset's last re-counted step, where its final counts are taken (a
+    study may also re-count earlier steps for a curve)."""
+    rows = [row for document in study["recounts"] for row in document["recount"]]
+    last: dict[str, int] = {}
+    for row in rows:
+        last[row["preset"]] = max(last.get(row["preset"], row["step"]), row["step"])
+    return [row for row in rows if row["step"] == last[row["preset"]]]
+
+
 def _by_way(study: dict) -> dict[tuple[str, str], dict[int, int]]:
-    """(preset, way) -> {seed: modes} from a study's re-counts."""
+    """(preset, way) -> {seed: modes} from a study's final re-counts."""
     found: dict[tuple[str, str], dict[int, int]] = {}
-    for document in study["recounts"]:
-        for row in document["recount"]:
-            for way in WAYS:
-                found.setdefault((row["preset"], way), {})[row["seed"]] = row["ways"][way]["modes_captured"]
+    for row in _final_rows(study):
+        for way in WAYS:
+            found.setdefault((row["preset"], way), {})[row["seed"]] = row["ways"][way]["modes_captured"]
     return found
 
 
@@ -64,11 +73,10 @@ def report(earlier: dict, later: dict) -> list[str]:
         for sampling in ("running-stats", "batch-stats"):
             lines.append(f"  counter, {sampling}: evaluator - released-cnn "
                          + _paired(ways[(preset, f'evaluator_{sampling}')], ways[(preset, f'released-cnn_{sampling}')]))
-        for document in later["recounts"]:
-            agreement = [r["agreement"]["batch-stats"] for r in document["recount"] if r["preset"] == preset]
-            if agreement:
-                lines.append(f"  same triple (batch statistics): {plus_minus(*mean_and_se(agreement), 4)}, "
-                             f"at most {max(agreement):.3f}")
+        agreement = [r["agreement"]["batch-stats"] for r in _final_rows(later) if r["preset"] == preset]
+        if agreement:
+            lines.append(f"  same triple (batch statistics): {plus_minus(*mean_and_se(agreement), 4)}, "
+                         f"at most {max(agreement):.3f}")
     for preset in presets[1:]:
         for way in WAYS:
             a, b = ways.get((preset, way)), ways.get((presets[0], way))

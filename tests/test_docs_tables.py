@@ -3,6 +3,7 @@ tables`), never typed: a hand edit of a rendered number, or a study changed with
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -76,3 +77,22 @@ def test_the_table3_ablation_figures_quoted_in_results_are_what_the_recorded_stu
     assert "released-cnn_batch-stats: +25.2 [-39.6, +90.0], U = 17, p = 0.421" in done.stdout
     page = (REPO / "docs" / "results.md").read_text()
     assert "−302,\n  Welch [−512, −91], exact Mann–Whitney p = 0.032" in page and "−55 to +115" in page
+
+
+def test_the_table3_ablation_reads_each_preset_at_its_last_recounted_step(tmp_path):
+    """A study that also re-counted an earlier step (for a curve) gives the same ablation as its final
+    re-count alone: the earlier rows, here with every count and agreement changed, are not mixed in."""
+    def ablation(later: Path) -> str:
+        return subprocess.run([sys.executable, str(REPO / "benchmarks/table3_ablation.py"), str(REPO / "results/table3-issue23.json"),
+                               str(later)], capture_output=True, text=True, check=True, timeout=120).stdout
+
+    study = json.loads((REPO / "results/table3-issue32.json").read_text())
+    earlier = copy.deepcopy(study["recounts"][0])
+    for row in earlier["recount"]:
+        row["step"] = 2000
+        row["agreement"] = {k: 0.5 for k in row["agreement"]}
+        for way in row["ways"].values():
+            way["modes_captured"] += 100
+    study["recounts"].insert(0, earlier)
+    (tmp_path / "curve.json").write_text(json.dumps(study))
+    assert ablation(tmp_path / "curve.json") == ablation(REPO / "results/table3-issue32.json")
