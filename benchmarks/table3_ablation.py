@@ -35,10 +35,10 @@ def _final_rows(study: dict) -> list[dict]:
     return [row for row in rows if row["step"] == last[row["preset"]]]
 
 
-def _by_way(study: dict) -> dict[tuple[str, str], dict[int, int]]:
-    """(preset, way) -> {seed: modes} from a study's final re-counts."""
+def _by_way(final_rows: list[dict]) -> dict[tuple[str, str], dict[int, int]]:
+    """(preset, way) -> {seed: modes} from a study's final re-count rows."""
     found: dict[tuple[str, str], dict[int, int]] = {}
-    for row in _final_rows(study):
+    for row in final_rows:
         for way in WAYS:
             found.setdefault((row["preset"], way), {})[row["seed"]] = row["ways"][way]["modes_captured"]
     return found
@@ -54,7 +54,8 @@ def _paired(a: dict[int, int], b: dict[int, int]) -> str:
 
 
 def report(earlier: dict, later: dict) -> list[str]:
-    ways = _by_way(later)
+    final = _final_rows(later)
+    ways = _by_way(final)
     lines = []
     presets = [r["preset"] for r in later["results"]]
     for preset in presets:
@@ -73,7 +74,7 @@ def report(earlier: dict, later: dict) -> list[str]:
         for sampling in ("running-stats", "batch-stats"):
             lines.append(f"  counter, {sampling}: evaluator - released-cnn "
                          + _paired(ways[(preset, f'evaluator_{sampling}')], ways[(preset, f'released-cnn_{sampling}')]))
-        agreement = [r["agreement"]["batch-stats"] for r in _final_rows(later) if r["preset"] == preset]
+        agreement = [r["agreement"]["batch-stats"] for r in final if r["preset"] == preset]
         if agreement:
             lines.append(f"  same triple (batch statistics): {plus_minus(*mean_and_se(agreement), 4)}, "
                          f"at most {max(agreement):.3f}")
