@@ -240,13 +240,15 @@ def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 300
 
 
 def _training_run(repo: Path, replicas: int):
-    """The parent run once it and every replica's child run exist (training is about to fit)."""
+    """The parent run once every replica's child run has logged its step-0 sample grid (the last thing
+    before the first training step)."""
     try:
-        found = [r for r in runs(repo) if r.data.params]
+        found = runs(repo)
     except Exception:  # the store is being created
         return None
     parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
-    return parents[0] if parents and len(found) >= 1 + replicas else None
+    drawn = [r for r in found if "mlflow.parentRunId" in r.data.tags and "mlflow.loggedImages" in r.data.tags]
+    return parents[0] if parents and len(drawn) >= replicas else None
 
 
 def test_interrupted_training_ends_its_run_killed_and_promises_a_resume_only_with_a_checkpoint(tmp_path, shared_cache):
@@ -258,11 +260,11 @@ def test_interrupted_training_ends_its_run_killed_and_promises_a_resume_only_wit
     # Ctrl-C before the first checkpoint: nothing to resume, and the message says so.
     proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=dvc_env(repo),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: _training_run(repo, params["replicas"]) is not None, "the MLflow runs", proc)
-    time.sleep(1)  # into the training loop
+    _wait_for(lambda: _training_run(repo, params["replicas"]) is not None, "the step-0 sample grids", proc)
+    time.sleep(1)  # into the training loop (tests/test_replicas.py interrupts the step-0 grid itself)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err, err
     assert "interrupted before its first checkpoint" in err and "nothing to resume" in err
     assert {r.info.status for r in runs(repo)} == {"KILLED"}  # the parent and every replica's run
 
@@ -275,7 +277,7 @@ def test_interrupted_training_ends_its_run_killed_and_promises_a_resume_only_wit
     _wait_for(lambda: any(checkpoints.glob("*.pt")), "a checkpoint", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err, err
     step = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)["trainer"]["step"]
     assert f"checkpoint at generator iteration {step}" in err and "resume" in err
     assert {r.info.status for r in runs(repo)} == {"KILLED"}  # no run poses as a finished model

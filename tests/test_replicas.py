@@ -248,3 +248,32 @@ def test_tracked_training_resumes_into_its_runs_and_fails_only_the_diverged_repl
     assert any(a.path == "images" for a in client.list_artifacts(child.info.run_id))  # its sample grids
     models = mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
     assert [m.source_run_id for m in models] == [result.replica_run_ids[0]]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_first_sample_grid_is_drawn_ends_the_parent_and_every_replica_run_killed(
+    tmp_path, small_mnist, instrument, monkeypatch
+):
+    """The step-0 grid is drawn after the runs open and before the first step; a Ctrl-C there once left
+    the parent to MLflow's exit handler (FINISHED) and the replicas' runs RUNNING."""
+    import mlflow
+
+    from pipeline.common.params import parse_params
+    from pipeline.gan import sampling
+    from pipeline.runs.training_run import train_tracked
+    from tests.conftest import tiny_params
+
+    for var in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(var, raising=False)
+    raw = tiny_params(60)
+    raw.update(replicas=2)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampling, "sample_grid", ctrl_c)
+    with pytest.raises(Interrupted, match="interrupted before its first checkpoint"):
+        train_tracked(parse_params(raw), tmp_path, small_mnist, *instrument)
+    found = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(found) == 3 and {r.info.status for r in found} == {"KILLED"}  # the parent and both replicas
+    assert mlflow.active_run() is None

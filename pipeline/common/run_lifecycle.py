@@ -53,29 +53,52 @@ def end_run(run_id: str, status: str, reason: str | None = None) -> None:
         print(f"warning: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
 
 
+def end_children(parent_id: str, status: str, reason: str | None = None) -> None:
+    """End every child run of `parent_id` that is still RUNNING with `status` (one that already ended,
+    such as a diverged replica's FAILED run, keeps its own); never raises, as `end_run`."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient()
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        running = retry_locked(lambda: client.search_runs(
+            [experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+        ))
+    except Exception as exc:  # noqa: BLE001 - best effort, see end_run
+        print(f"warning: could not find the child runs of MLflow run {parent_id}: {exc}", file=sys.stderr)
+        return
+    for child in running:
+        end_run(child.info.run_id, status, reason)
+
+
 @contextmanager
 def run_outcome(run_id: str) -> Iterator[None]:
     """Around the work of an open MLflow run: if the block is interrupted (Ctrl-C, SIGTERM, or
     `Interrupted`), end the run KILLED; if it raises anything else, end it FAILED with the error as its
-    `failure_reason` tag. Either way the exception goes on. Without this, MLflow's exit handler ends
-    the active run FINISHED, and a half-trained model would pose as a finished one.
+    `failure_reason` tag. Its child runs that are still RUNNING end with it, with the same status. Either
+    way the exception goes on. Without this, MLflow's exit handler ends the active run FINISHED, and a
+    half-trained model would pose as a finished one.
 
-    A block that completes leaves the run open: the caller ends it when all its logging is done. Nest
-    one per run (a parent and each replica's child run) so each ends with its own status.
+    A block that completes leaves the run open: the caller ends it when all its logging is done.
     """
     try:
         with _sigterm_as_interrupt():
             yield
     except (KeyboardInterrupt, Interrupted):
-        end_run(run_id, "KILLED")
+        _end_with_children(run_id, "KILLED")
         raise
     except Exception as exc:
-        end_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        _end_with_children(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     except SystemExit as exc:
         if exc.code not in (0, None):
-            end_run(run_id, "FAILED", f"exited with status {exc.code}")
+            _end_with_children(run_id, "FAILED", f"exited with status {exc.code}")
         raise
+
+
+def _end_with_children(run_id: str, status: str, reason: str | None = None) -> None:
+    end_run(run_id, status, reason)
+    end_children(run_id, status, reason and f"its parent run ended {status}: {reason}")
 
 
 def reopen_run(root: Path, run_id: str, model: str, seed: int):

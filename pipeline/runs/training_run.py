@@ -93,10 +93,17 @@ def train_tracked(
     saved = checkpoints.load(ckpt_path, fp)
     experiment_id = mlflow_store.connect(root)  # fails fast on a bad MLFLOW_TRACKING_URI
     result = _new_or_resumed_result(params, data, device, n_threads, saved, stacked)
-    _open_runs(params, result, saved, experiment_id, device)
-    hooks = _TrainingHooks(params, result, classifier, ref, stacked, progress, trainer_hook, ckpt_path, fp)
-    hooks.mode_classifier = mode_classifier or classifier
-    _fit_tracked(params, result, hooks, ckpt_path)
+    _start_parent_run(params, result, saved, experiment_id)
+    # From the parent run's start on, Ctrl-C or SIGTERM ends it and its children KILLED, and any other
+    # error ends them FAILED: MLflow's exit handler would otherwise mark the parent FINISHED.
+    try:
+        with run_lifecycle.run_outcome(result.run_id):
+            _open_replica_runs(params, result, saved, experiment_id, device)
+            hooks = _TrainingHooks(params, result, classifier, ref, stacked, progress, trainer_hook, ckpt_path, fp)
+            hooks.mode_classifier = mode_classifier or classifier
+            _fit_tracked(params, result, hooks, ckpt_path)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_message(params, ckpt_path)) from None
     result.final_losses = _final_losses(result.losses)
     return result
 
@@ -117,9 +124,8 @@ def _new_or_resumed_result(params: Params, data: MNIST, device: torch.device, n_
     return result
 
 
-def _open_runs(params: Params, result: RunResult, saved: dict[str, Any] | None, experiment_id: str,
-               device: torch.device) -> None:
-    """Start the parent run and one child run per replica, or re-enter those of the checkpoint `saved`."""
+def _start_parent_run(params: Params, result: RunResult, saved: dict[str, Any] | None, experiment_id: str) -> None:
+    """Start the training's parent run, or re-enter that of the checkpoint `saved`."""
     import mlflow
 
     run_name, tags = run_identity.training_identity(params.model, params.seed, params.replicas)
@@ -133,6 +139,13 @@ def _open_runs(params: Params, result: RunResult, saved: dict[str, Any] | None, 
         )
     )
     result.run_id = run.info.run_id
+
+
+def _open_replica_runs(params: Params, result: RunResult, saved: dict[str, Any] | None, experiment_id: str,
+                       device: torch.device) -> None:
+    """Log the parent's params and start one child run per replica, or re-enter those of the checkpoint `saved`."""
+    import mlflow
+
     # Grouped params (variant/…, train/…, eval/…) on the parent and on each child, so the compare page
     # diffs children of different trainings as well as parents.
     flat = {**run_logging.run_params(params), "train/resolved_device": str(device)}
@@ -144,6 +157,7 @@ def _open_runs(params: Params, result: RunResult, saved: dict[str, Any] | None, 
         for r, run_id in enumerate(result.replica_run_ids):
             run_identity.set_tags_on(run_id, run_identity.identity_tags(params.model, params.seed, replica=r))
     else:
+        run_name, tags = run_identity.training_identity(params.model, params.seed, params.replicas)
         run_logging.log_params_flat(flat)
         result.replica_run_ids = run_lifecycle.start_replica_runs(
             experiment_id, result.run_id, run_name, tags, result.seeds, flat
@@ -244,20 +258,14 @@ class _TrainingHooks:
 
 
 def _fit_tracked(params: Params, result: RunResult, hooks: _TrainingHooks, ckpt_path: Path) -> None:
-    """Run the training loop inside the parent run's outcome: an interruption ends every run KILLED and
-    leaves the checkpoint to resume from; all replicas diverging ends every run FAILED."""
+    """Run the training loop (inside the caller's run_outcome); all replicas diverging ends every run FAILED."""
     trainer, v, t = result.trainer, params.variant, params.train
     schedule = Schedule(v.iterations, t.log_every, t.checkpoint_every, t.sample_every, t.eval_every)
     if trainer.step == 0:
         hooks.on_sample(0)  # the untrained generator's grid: MLflow's image slider starts at step 0
     start = time.perf_counter()
     try:
-        with run_lifecycle.run_outcome(result.run_id):  # Ctrl-C/SIGTERM: KILLED; any other error: FAILED
-            fit(trainer, schedule, hooks.hooks())
-    except KeyboardInterrupt:
-        for r in trainer.live:  # the replicas' child runs end with their parent
-            run_lifecycle.end_run(result.replica_run_ids[r], "KILLED")
-        raise Interrupted(_interrupted_message(params, ckpt_path)) from None
+        fit(trainer, schedule, hooks.hooks())
     except NonFiniteTraining:
         hooks.flush()
         _fail_all_diverged(params, result, ckpt_path)
