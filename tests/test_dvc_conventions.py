@@ -60,3 +60,28 @@ def test_every_code_dependency_exists():
         for dep in stage["deps"]:
             if dep.startswith(("pipeline/", "stages/")):
                 assert (REPO / dep).exists(), f"stage {name}: {dep} does not exist"
+
+
+def test_a_clone_after_python_ran_finds_every_stages_code_as_the_committed_lock_names_it(tmp_path):
+    """`dvc status` in a clone of HEAD must not call any stage changed for its code. Python writes
+    __pycache__/ into every package it imports (the tests, each stage), so a folder dependency such as
+    pipeline/instrument/metrics hashes the same only because .dvcignore leaves those out; without that,
+    the first `dvc repro` after `make test` would retrain the evaluator and everything after it. A
+    failure naming a module means dvc.lock was not refreshed after that module changed."""
+    import json
+    import subprocess
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, capture_output=True)
+    for package in [*clone.glob("pipeline/**/__init__.py"), *clone.glob("stages/__init__.py")]:
+        (package.parent / "__pycache__").mkdir(exist_ok=True)
+        (package.parent / "__pycache__" / "module.cpython-311.pyc").write_bytes(b"bytecode")
+    status = subprocess.run(["dvc", "status", "--json"], cwd=clone, check=True, capture_output=True, text=True)
+    changed_code = [
+        f"{stage}: {path} {how}"
+        for stage, entries in json.loads(status.stdout).items()
+        for entry in entries if isinstance(entry, dict)
+        for path, how in entry.get("changed deps", {}).items()
+        if path.startswith(("pipeline/", "stages/"))
+    ]
+    assert changed_code == [], "dvc.lock does not match the committed code: " + "; ".join(changed_code)
