@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, make_dvc_repo, repo_params
 
 
 def stages() -> dict:
@@ -72,12 +72,9 @@ def test_after_python_ran_every_stages_code_is_as_the_committed_lock_names_it(tm
     import shutil
     import subprocess
 
-    clone = tmp_path / "clone"  # the code, dvc.yaml and dvc.lock, without this checkout's bytecode or outputs
-    for folder in ("pipeline", "stages"):
-        shutil.copytree(REPO / folder, clone / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "dvc.lock", ".dvcignore", "params.yaml"):
-        shutil.copy(REPO / name, clone / name)
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=clone, check=True, capture_output=True)
+    # the code, dvc.yaml, .dvcignore and dvc.lock, without this checkout's bytecode or outputs
+    clone = make_dvc_repo(tmp_path / "clone", repo_params())
+    shutil.copy(REPO / "dvc.lock", clone / "dvc.lock")
     for package in [*clone.glob("pipeline/**/__init__.py"), *clone.glob("stages/__init__.py")]:
         (package.parent / "__pycache__").mkdir(exist_ok=True)
         (package.parent / "__pycache__" / "module.cpython-311.pyc").write_bytes(b"bytecode")
